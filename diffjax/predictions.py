@@ -108,6 +108,21 @@ def as_denoiser(fn: ModelFn, schedule: Schedule, prediction: str) -> ModelFn:
     return as_view(fn, schedule, prediction, "x0")
 
 
+def learned_log_variance(v: Array, t: Any, schedule: Any, signed: bool = True) -> Array:
+    """Log-variance of the learned reverse step ``p(x_{n-1} | x_n)`` of a discrete schedule.
+
+    Nichol & Dhariwal 2021, eq. 15: ``log Sigma = frac log beta_n + (1 - frac) log beta_tilde_n``.
+    The paper writes ``frac = v`` (``signed=False``); their released code and the ADM checkpoints
+    use ``frac = (v + 1) / 2`` (``signed=True``, the default), so a zero output is the geometric
+    mean of the two bounds. ``v`` is the second half of the network's channels, shape of ``x``.
+    """
+    n = schedule.t_to_step(t)
+    _, _, log_beta_tilde = schedule.posterior(n)
+    frac = (v + 1.0) / 2.0 if signed else v
+    return (frac * bcast(jnp.log(schedule.betas[n]), v)
+            + (1.0 - frac) * bcast(log_beta_tilde, v))
+
+
 # --- EDM preconditioning (Karras et al. 2022, Table 1) ------------------------------------
 # Each returns (c_skip, c_out, c_in, c_noise) for D(x; sigma) = c_skip x + c_out F(c_in x, c_noise),
 # where sigma is the noise level of x / alpha (EDM's scaled-out formulation).

@@ -46,6 +46,7 @@ def _elementwise_derivative(fn: Callable[[Array], Array], t: Array) -> Array:
 class Schedule:
     """Base class: subclasses implement ``_alpha`` and ``_sigma`` and may override the rest."""
 
+    t_min: float = 0.0  # every schedule starts at t = 0 (x_0 = data, up to VE's sigma_min)
     t_max: float = 1.0
     t_eps: float = 1e-3  # smallest time samplers and the likelihood integrate to
     prior_std: float = 1.0
@@ -136,7 +137,8 @@ class Schedule:
         reverse-diffusion predictor and ancestral samplers for any schedule.
         """
         t = self.check_time(t)
-        s = self.check_time(t - dt)
+        # Clip so that a last step landing a rounding error below 0 starts from t = 0.
+        s = jnp.maximum(t - jnp.asarray(dt, jnp.float32), 0.0)
         ratio = self._alpha(t) / self._alpha(s)
         var = self._sigma(t) ** 2 - (ratio * self._sigma(s)) ** 2
         return bcast(ratio - 1.0, x) * x, jnp.sqrt(jnp.maximum(var, 0.0))
@@ -332,17 +334,33 @@ class DiscreteSchedule(Schedule):
     """
 
     betas: Array
-    alphas_cumprod: Array
-    t_eps: float = struct.field(pytree_node=False, default=0.0)
+    alphas_cumprod: Array | None = None
+    log_alphas_cumprod: Array | None = None
+    t_eps: float | None = struct.field(pytree_node=False, default=None)
+
+    def __post_init__(self):
+        # ``DiscreteSchedule(betas=...)``: validate, and accumulate in float64. alpha_bar_T of the
+        # linear schedule is ~4e-5, and 1 - alpha_bar_0 = 1e-4 loses 3 digits if computed from a
+        # float32 alpha_bar, so log(alpha_bar) is kept too. When JAX rebuilds the pytree it
+        # passes every field, and nothing here runs.
+        if self.alphas_cumprod is None:
+            b = np.asarray(self.betas, dtype=np.float64)
+            if b.ndim != 1 or b.size < 1 or not np.all((b > 0) & (b < 1)):
+                raise ValueError(
+                    f"betas must be a non-empty 1-D array of values in (0, 1), got shape {b.shape}"
+                    + (f" with values in [{b.min()}, {b.max()}]" if b.size else ""))
+            log_abar = np.cumsum(np.log1p(-b))
+            object.__setattr__(self, "betas", jnp.asarray(b, jnp.float32))
+            object.__setattr__(self, "alphas_cumprod", jnp.asarray(np.exp(log_abar), jnp.float32))
+            object.__setattr__(self, "log_alphas_cumprod", jnp.asarray(log_abar, jnp.float32))
+        if self.log_alphas_cumprod is None:
+            object.__setattr__(self, "log_alphas_cumprod", jnp.log(self.alphas_cumprod))
+        if self.t_eps is None:
+            object.__setattr__(self, "t_eps", 1.0 / self.betas.shape[0])  # step n = 0
 
     @classmethod
     def from_betas(cls, betas: Any) -> "DiscreteSchedule":
-        b = np.asarray(betas, dtype=np.float64)
-        if b.ndim != 1 or b.size < 1 or np.any(b <= 0) or np.any(b >= 1):
-            raise ValueError(f"betas must be a 1-D array of values in (0, 1), got shape {b.shape}")
-        return cls(betas=jnp.asarray(b, jnp.float32),
-                   alphas_cumprod=jnp.asarray(np.cumprod(1.0 - b), jnp.float32),
-                   t_eps=1.0 / b.size)
+        return cls(betas=betas)
 
     @classmethod
     def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "DiscreteSchedule":
@@ -368,9 +386,13 @@ class DiscreteSchedule(Schedule):
         return jnp.clip(n, 0, self.T - 1).astype(jnp.int32)
 
     def _log_alpha_bar(self, t: Array) -> Array:
-        grid = jnp.linspace(0.0, 1.0, self.T + 1)
-        values = jnp.concatenate([jnp.zeros((1,)), jnp.log(self.alphas_cumprod)])
-        return jnp.interp(t, grid, values)
+        return jnp.interp(t, self._grid(), self._log_alpha_bar_knots())
+
+    def _grid(self) -> Array:
+        return jnp.linspace(0.0, 1.0, self.T + 1)
+
+    def _log_alpha_bar_knots(self) -> Array:
+        return jnp.concatenate([jnp.zeros((1,)), self.log_alphas_cumprod])
 
     def _alpha(self, t):
         return jnp.exp(0.5 * self._log_alpha_bar(t))
@@ -381,15 +403,38 @@ class DiscreteSchedule(Schedule):
     def _log_snr(self, t):
         return -jnp.log(jnp.expm1(-self._log_alpha_bar(t)))
 
+    def _drift_coef(self, t):
+        # f = d log(alpha)/dt = T log(1 - beta_n) / 2 on step n's segment: a VP SDE with
+        # beta(t) ~ T beta_n, the continuum limit of DDPM (Song et al. 2021, App. B).
+        return 0.5 * _elementwise_derivative(self._log_alpha_bar, t)
+
+    def _diffusion_sq(self, t):
+        return -2.0 * self._drift_coef(t)  # variance preserving: alpha^2 + sigma^2 = 1
+
     def _t_from_log_snr(self, lam):
         # log alpha_bar is piecewise linear and decreasing, so interpolate on the reversed grid.
-        target = jax.nn.log_sigmoid(lam)
-        grid = jnp.linspace(0.0, 1.0, self.T + 1)
-        values = jnp.concatenate([jnp.zeros((1,)), jnp.log(self.alphas_cumprod)])
-        return jnp.interp(-target, -values, grid)
+        return jnp.interp(-jax.nn.log_sigmoid(lam), -self._log_alpha_bar_knots(), self._grid())
 
     def c_noise(self, t):
         return self.check_time(t) * self.T - 1.0
+
+    def posterior(self, n: Any) -> tuple[Array, Array, Array]:
+        """``q(x_{n-1} | x_n, x_0) = N(c_x0 x_0 + c_xt x_n, exp(log_var))`` at integer steps ``n``.
+
+        Ho et al. 2020, eq. 6-7: ``c_x0 = beta_n sqrt(abar_{n-1}) / (1 - abar_n)``,
+        ``c_xt = sqrt(1 - beta_n) (1 - abar_{n-1}) / (1 - abar_n)`` and
+        ``beta_tilde_n = beta_n (1 - abar_{n-1}) / (1 - abar_n)``, with ``abar_{-1} = 1``. As in
+        improved-diffusion, ``log_var`` at ``n = 0`` (where beta_tilde is 0) is clipped to that
+        of ``n = 1``. Returns ``(c_x0, c_xt, log_var)`` indexed by ``n``.
+        """
+        n = jnp.asarray(n, jnp.int32)
+        log_abar = self._log_alpha_bar_knots()
+        one_minus_abar = -jnp.expm1(log_abar)  # 1 - alpha_bar without cancellation at small n
+        var = self.betas * one_minus_abar[:-1] / one_minus_abar[1:]
+        log_var = jnp.log(jnp.concatenate([var[1:2], var[1:]]) if self.T > 1 else self.betas)
+        c_x0 = self.betas * jnp.exp(0.5 * log_abar[:-1]) / one_minus_abar[1:]
+        c_xt = jnp.sqrt(1.0 - self.betas) * one_minus_abar[:-1] / one_minus_abar[1:]
+        return c_x0[n], c_xt[n], log_var[n]
 
 
 _REGISTRY: dict[str, Callable[..., Schedule]] = {
@@ -398,6 +443,7 @@ _REGISTRY: dict[str, Callable[..., Schedule]] = {
     "ve": VESDE,
     "edm": EDMSchedule,
     "rectified_flow": RectifiedFlow,
+    "ddpm": DiscreteSchedule.from_betas,
     "ddpm_linear": DiscreteSchedule.linear,
     "ddpm_cosine": DiscreteSchedule.cosine,
 }
