@@ -1,0 +1,187 @@
+"""FID, KID and Inception Score on features, and the sample/feature plumbing around them.
+
+The protocol (docs/evaluation.md): samples as uint8 NHWC, features from the FID Inception's
+pool3 (`inception.py`), reference statistics over the whole training split, 50,000 samples.
+
+- FID (Heusel et al. 2017): ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2}), with sample
+  covariances (ddof=1) as in pytorch-fid. Tr (S1 S2)^{1/2} is computed from the eigenvalues of the
+  symmetric PSD matrix S1^{1/2} S2 S1^{1/2} (same eigenvalues as S1 S2), which is stable where
+  `scipy.linalg.sqrtm` returns complex noise for near-singular covariances.
+- KID (Binkowski et al. 2018): unbiased MMD^2 with the kernel k(x, y) = (x.y / d + 1)^3, averaged
+  over random subsets (100 subsets of 1,000, as in the paper's code and torch-fidelity).
+- Inception Score (Salimans et al. 2016): exp(E_x KL(p(y|x) || p(y))) over 10 contiguous splits,
+  with p(y|x) = softmax of the 1008 logits *without* the fc bias (`pool3 @ W`), as the original
+  TensorFlow code computes them.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+MIN_STABLE_SAMPLES = 2048  # below the feature dimension the sample covariance is singular
+PROTOCOL_SAMPLES = 50_000
+
+
+# ---------------------------------------------------------------------------- inputs
+
+def to_uint8(x, tolerance: float | None = 0.1) -> np.ndarray:
+    """Samples in [-1, 1] (conventions §7) -> uint8 in [0, 255], `round(127.5 (clip(x) + 1))`.
+
+    Values slightly outside [-1, 1] are clipped; values further than `tolerance` outside mean
+    the data are not in [-1, 1] at all (say [0, 255] floats) and raise. `tolerance=None` clips
+    whatever comes: the protocol for model samples (as improved-diffusion and EDM save them)."""
+    x = np.asarray(x)
+    if x.dtype == np.uint8:
+        return x
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"expected float samples in [-1, 1] or uint8 images, got dtype {x.dtype}")
+    lo, hi = float(x.min()), float(x.max())
+    if tolerance is not None and (lo < -1 - tolerance or hi > 1 + tolerance):
+        raise ValueError(f"expected samples in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]; "
+                         "images in [0, 255] should be passed as uint8, images in [0, 1] "
+                         "scaled by 2 x - 1 first")
+    return np.round(127.5 * (np.clip(x, -1.0, 1.0) + 1.0)).astype(np.uint8)
+
+
+def check_images(images) -> np.ndarray:
+    """Validate a batch of images for a feature network: uint8, `(N, H, W, C)`, C in {1, 3}."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise ValueError(f"the FID protocol takes uint8 images in [0, 255], got dtype "
+                         f"{images.dtype}; convert model samples in [-1, 1] with "
+                         "diffjax.metrics.to_uint8")
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"expected images of shape (N, H, W, 1 or 3) (NHWC), got {images.shape}")
+    return images
+
+
+def extract_features(apply_fn: Callable, batches: Iterable, keys=("pool", "logits_unbiased"),
+                     progress: bool = False) -> dict[str, np.ndarray]:
+    """Run `apply_fn` (uint8 batch -> dict of arrays) over `batches`; concatenated float64 outputs."""
+    out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+    if progress:
+        from tqdm.auto import tqdm
+        batches = tqdm(batches, desc="features", unit="batch")
+    for batch in batches:
+        result = apply_fn(check_images(batch))
+        for k in keys:
+            out[k].append(np.asarray(result[k], np.float64))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+# ---------------------------------------------------------------------------- statistics
+
+def feature_statistics(features: np.ndarray) -> dict[str, np.ndarray]:
+    """`{"mu", "sigma", "n"}` of `(N, d)` features (sample covariance, ddof=1)."""
+    features = np.asarray(features, np.float64)
+    n, d = features.shape
+    if n < 2:
+        raise ValueError(f"need at least 2 feature vectors for a covariance, got {n}")
+    if n < min(d, MIN_STABLE_SAMPLES):
+        warnings.warn(f"FID from {n} samples is unstable and biased upwards: with fewer samples "
+                      f"than the {d} feature dimensions the covariance is singular. The protocol "
+                      f"uses {PROTOCOL_SAMPLES}; numbers from fewer are not comparable to papers.",
+                      stacklevel=2)
+    return {"mu": features.mean(0), "sigma": np.cov(features, rowvar=False), "n": np.asarray(n)}
+
+
+def save_statistics(path, stats: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(str(path) + ".tmp.npz")
+    np.savez(tmp, **stats)
+    tmp.replace(path)  # atomic: an interrupted run never leaves a truncated cache
+
+
+def load_statistics(path) -> dict[str, np.ndarray]:
+    with np.load(path) as f:
+        missing = {"mu", "sigma", "n"} - set(f.files)
+        if missing:
+            raise ValueError(f"{path} is not a statistics file (missing {sorted(missing)})")
+        return {k: f[k] for k in f.files}
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """d^2((mu1, S1), (mu2, S2)) = ||mu1 - mu2||^2 + Tr S1 + Tr S2 - 2 Tr (S1 S2)^{1/2}."""
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != mu1.shape * 2:
+        raise ValueError(f"mismatched statistics: mu {mu1.shape} vs {mu2.shape}, "
+                         f"sigma {s1.shape} vs {s2.shape}")
+    w, v = np.linalg.eigh((s1 + s1.T) / 2)
+    sqrt_s1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = sqrt_s1 @ s2 @ sqrt_s1
+    eig = np.linalg.eigvalsh((m + m.T) / 2)
+    tr_covmean = np.sqrt(np.clip(eig, 0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
+
+
+def fid_from_features(features1, features2) -> float:
+    a, b = feature_statistics(features1), feature_statistics(features2)
+    return frechet_distance(a["mu"], a["sigma"], b["mu"], b["sigma"])
+
+
+def polynomial_kernel(x, y, degree: int = 3, coef0: float = 1.0) -> np.ndarray:
+    return (x @ y.T / x.shape[1] + coef0) ** degree
+
+
+def mmd2_unbiased(x, y, kernel: Callable = polynomial_kernel) -> float:
+    """Unbiased MMD^2 (Gretton et al. 2012, eq. 3): off-diagonal means of k(x, x) and k(y, y)
+    minus twice the mean of k(x, y)."""
+    m, n = len(x), len(y)
+    kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
+    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+                 + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2.0 * kxy.mean())
+
+
+def kernel_inception_distance(features1, features2, num_subsets: int = 100,
+                              subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """(mean, std) of the unbiased polynomial-kernel MMD^2 over random subsets drawn without
+    replacement (`subset_size` is capped at the smaller set)."""
+    x, y = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
+    m = min(subset_size, len(x), len(y))
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 samples per set, got {len(x)} and {len(y)}")
+    rng = np.random.default_rng(seed)
+    values = [mmd2_unbiased(x[rng.choice(len(x), m, replace=False)],
+                            y[rng.choice(len(y), m, replace=False)]) for _ in range(num_subsets)]
+    return float(np.mean(values)), float(np.std(values))
+
+
+def inception_score(logits, splits: int = 10) -> tuple[float, float]:
+    """(mean, std) over `splits` contiguous splits of exp(E_x KL(p(y|x) || p(y)))."""
+    logits = np.asarray(logits, np.float64)
+    if len(logits) < splits:
+        raise ValueError(f"Inception Score with {splits} splits needs at least {splits} samples, "
+                         f"got {len(logits)}")
+    logp = logits - logits.max(1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
+    scores = []
+    for part in np.array_split(logp, splits):
+        log_py = np.log(np.exp(part).mean(0))
+        scores.append(np.exp(np.mean(np.sum(np.exp(part) * (part - log_py), axis=1))))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+# ---------------------------------------------------------------------------- reference
+
+def reference_statistics(feature_fn: Callable, batches: Callable[[], Iterable], cache_path,
+                         keep_features: bool = False, progress: bool = True) -> dict:
+    """Statistics of the reference set (for FID: the whole training split, see
+    `diffjax.evaluate.data_batches`), read from `cache_path` if it exists, else computed from
+    `batches()` with `feature_fn` and written there (npz with `mu`, `sigma`, `n`, and the pool
+    features themselves when `keep_features`, which KID needs)."""
+    cache_path = Path(cache_path)
+    if cache_path.is_file():
+        stats = load_statistics(cache_path)
+        if not keep_features or "features" in stats:
+            return stats
+    feats = extract_features(feature_fn, batches(), keys=("pool",), progress=progress)["pool"]
+    stats = feature_statistics(feats)
+    if keep_features:
+        stats["features"] = feats.astype(np.float32)
+    save_statistics(cache_path, stats)
+    return stats
