@@ -363,9 +363,18 @@ class DiscreteSchedule(Schedule):
         return cls(betas=betas)
 
     @classmethod
-    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "DiscreteSchedule":
-        """Ho et al. 2020, Sec. 4: betas linear from 1e-4 to 0.02 over T = 1000 steps."""
-        return cls.from_betas(np.linspace(beta_start, beta_end, T, dtype=np.float64))
+    def linear(cls, T: int = 1000, beta_start: float | None = None, beta_end: float | None = None,
+               max_beta: float = 0.999) -> "DiscreteSchedule":
+        """Ho et al. 2020, Sec. 4: betas linear from 1e-4 to 0.02 over T = 1000 steps.
+
+        For another T the default end points are scaled by 1000 / T, as improved-diffusion does, so
+        that x_T stays close to N(0, I) (alpha_bar_T ~ 4e-5 at any T >= 1000; betas are clipped at
+        ``max_beta`` for very short schedules). Give ``beta_start``/``beta_end`` to fix them instead.
+        """
+        scale = 1000.0 / T
+        start = 1e-4 * scale if beta_start is None else beta_start
+        end = 0.02 * scale if beta_end is None else beta_end
+        return cls.from_betas(np.minimum(np.linspace(start, end, T, dtype=np.float64), max_beta))
 
     @classmethod
     def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> "DiscreteSchedule":
