@@ -39,9 +39,9 @@ import diffrax
 import flax.struct as struct
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import log_ndtr, ndtr
 
 from diffjax import predictions
+from diffjax.losses import discretized_gaussian_log_likelihood, normal_kl
 from diffjax.samplers.ode import pf_ode_velocity
 from diffjax.schedules import DiscreteSchedule, Schedule, bcast
 
@@ -178,38 +178,8 @@ class VLBTerms:
     per_step: Array
 
 
-def normal_kl(mean1, logvar1, mean2, logvar2) -> Array:
-    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)), elementwise, nats."""
-    return 0.5 * (-1.0 + logvar2 - logvar1 + jnp.exp(logvar1 - logvar2)
-                  + (mean1 - mean2) ** 2 * jnp.exp(-logvar2))
-
-
-def discretized_gaussian_log_likelihood(x: Array, mean: Array, log_scale: Array) -> Array:
-    """log P(x) elementwise for ``x`` on the 8-bit grid of [-1, 1] under a Gaussian binned into
-    intervals ``[x - 1/255, x + 1/255]``, with the first and last bins extended to -inf / +inf
-    (Ho et al. 2020, eq. 13)."""
-    inv_std = jnp.exp(-log_scale)
-    upper = inv_std * (x - mean + 1.0 / 255.0)
-    lower = inv_std * (x - mean - 1.0 / 255.0)
-    mid = jnp.log(jnp.maximum(ndtr(upper) - ndtr(lower), 1e-12))
-    return jnp.where(x < -0.999, log_ndtr(upper), jnp.where(x > 0.999, log_ndtr(-lower), mid))
-
-
 def _mean_flat(v: Array) -> Array:
     return jnp.mean(v.reshape(v.shape[0], -1), axis=-1)
-
-
-def _posterior_tables(schedule: DiscreteSchedule):
-    """q(x_{n-1} | x_n, x_0) coefficients per 0-based step n (Ho et al. eq. 6-7)."""
-    betas = schedule.betas
-    abar = schedule.alphas_cumprod
-    abar_prev = jnp.concatenate([jnp.ones((1,)), abar[:-1]])
-    var = betas * (1.0 - abar_prev) / (1.0 - abar)
-    # beta~_1 = 0: its log is clipped to beta~_2, as in improved-diffusion.
-    log_var_clipped = jnp.log(jnp.concatenate([var[1:2], var[1:]]))
-    coef_x0 = betas * jnp.sqrt(abar_prev) / (1.0 - abar)
-    coef_xt = (1.0 - abar_prev) * jnp.sqrt(1.0 - betas) / (1.0 - abar)
-    return coef_x0, coef_xt, log_var_clipped, var
 
 
 def vlb_terms(model_fn: Callable[[Array, Array], Array], schedule: DiscreteSchedule, x0: Array,
@@ -230,10 +200,6 @@ def vlb_terms(model_fn: Callable[[Array, Array], Array], schedule: DiscreteSched
         raise ValueError(f"unknown variance {variance!r}; expected one of {VARIANCES}")
     if x0.dtype == jnp.uint8:
         x0 = x0.astype(jnp.float32) / 127.5 - 1.0
-    coef_x0, coef_xt, log_var_clipped, post_var = _posterior_tables(schedule)
-    log_betas = jnp.log(schedule.betas)
-    # fixedlarge takes beta~_2 at t = 1 so that the decoder's variance is not beta_1 (Ho et al.).
-    log_fixedlarge = jnp.concatenate([log_var_clipped[:1], log_betas[1:]])
     batch = x0.shape[0]
     ln2 = math.log(2.0)
 
@@ -241,19 +207,22 @@ def vlb_terms(model_fn: Callable[[Array, Array], Array], schedule: DiscreteSched
         t = schedule.step_to_t(jnp.full((batch,), n))
         x_t = bcast(schedule.alpha(t), x0) * x0 + bcast(schedule.sigma(t), x0) * noise
         out = model_fn(x_t, t)
+        # log_var is beta~_n, clipped at n = 0 to beta~_1 (improved-diffusion), which is also what
+        # "fixedlarge" uses at n = 0 so that the decoder's variance is not beta_0 (Ho et al.).
+        coef_x0, coef_xt, log_var = schedule.posterior(n)
         if variance == "learned_range":
             out, v = jnp.split(out, 2, axis=-1)
-            frac = (v + 1.0) / 2.0
-            model_log_var = frac * log_betas[n] + (1.0 - frac) * log_var_clipped[n]
+            model_log_var = predictions.learned_log_variance(v, t, schedule)
+        elif variance == "fixedlarge":
+            model_log_var = jnp.full(x0.shape, jnp.where(n == 0, log_var, jnp.log(schedule.betas[n])))
         else:
-            model_log_var = jnp.broadcast_to(
-                log_fixedlarge[n] if variance == "fixedlarge" else log_var_clipped[n], x0.shape)
+            model_log_var = jnp.full(x0.shape, log_var)
         x0_hat = predictions.convert(out, x_t, t, schedule, source=prediction, target="x0")
         if clip_denoised:
             x0_hat = jnp.clip(x0_hat, -1.0, 1.0)
-        model_mean = coef_x0[n] * x0_hat + coef_xt[n] * x_t
-        true_mean = coef_x0[n] * x0 + coef_xt[n] * x_t
-        kl = normal_kl(true_mean, jnp.log(jnp.maximum(post_var[n], 1e-30)), model_mean, model_log_var)
+        model_mean = coef_x0 * x0_hat + coef_xt * x_t
+        true_mean = coef_x0 * x0 + coef_xt * x_t
+        kl = normal_kl(true_mean, log_var, model_mean, model_log_var)
         nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_var)
         return jnp.where(n == 0, _mean_flat(nll), _mean_flat(kl)) / ln2
 
