@@ -1,0 +1,1 @@
+"""Weight importers from other implementations (diffusers UNet2DModel -> diffjax DDPMUNet)."""
