@@ -118,8 +118,9 @@ def test_unknown_names_and_sets_without_a_density_raise():
 
 
 def test_mlp_for_toy_data_embeds_noise_labels_and_conditions():
-    from diffjax.models.mlp import MLP, sinusoidal_embedding
-    emb = np.asarray(sinusoidal_embedding(jnp.array([0.0, 3.0]), 8, max_period=10_000.0))
+    from diffjax.models.layers import sinusoidal_embedding
+    from diffjax.models.mlp import MLP
+    emb = np.asarray(sinusoidal_embedding(jnp.array([0.0, 3.0]), 8, freq_shift=0.0, flip_sin_to_cos=True))
     freqs = 10_000.0 ** (-np.arange(4) / 4)
     np.testing.assert_allclose(emb[1], np.concatenate([np.cos(3 * freqs), np.sin(3 * freqs)]), rtol=1e-6)
     np.testing.assert_allclose(emb[0], [1, 1, 1, 1, 0, 0, 0, 0])

@@ -8,24 +8,15 @@ the highest frequency (1 rad per unit) resolves the range (e.g. 1000 for labels 
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffjax.models.layers import sinusoidal_embedding
+
 Array = jax.Array
-
-
-def sinusoidal_embedding(labels: Array, dim: int, max_period: float = 10_000.0) -> Array:
-    """``[cos(labels w_k), sin(labels w_k)]`` with ``w_k = max_period^(-k / (dim/2))``; shape (B, dim)."""
-    if dim % 2:
-        raise ValueError(f"the embedding dimension must be even, got {dim}")
-    half = dim // 2
-    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-    args = jnp.asarray(labels, jnp.float32)[:, None] * freqs
-    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
 class MLP(nn.Module):
@@ -50,7 +41,8 @@ class MLP(nn.Module):
         if x.ndim != 2:
             raise ValueError(f"MLP expects x of shape (B, D), got {x.shape}")
         labels = jnp.broadcast_to(jnp.asarray(noise_labels, jnp.float32), (x.shape[0],))
-        emb = sinusoidal_embedding(labels * self.label_scale, self.embed_dim)
+        emb = sinusoidal_embedding(labels * self.label_scale, self.embed_dim, freq_shift=0.0,
+                                   flip_sin_to_cos=True)
         emb = nn.Dense(self.hidden)(nn.silu(nn.Dense(self.hidden)(emb)))
         if self.num_classes > 0:
             if y is None:  # unconditional use of a conditional model: the null label
