@@ -1,0 +1,84 @@
+"""Device mesh, shardings and multi-host initialisation (jax.jit + NamedSharding; no pmap).
+
+The mesh has two axes: ``data`` and ``fsdp``. The batch is split over both (every device sees
+``global_batch / num_devices`` examples); parameters are replicated, or with ``fsdp > 1`` each
+large array is split along one of its dimensions over the ``fsdp`` axis (ZeRO-3 style), and XLA
+inserts the gathers. Multi-host runs call :func:`initialize` first; each host then feeds its own
+slice of the global batch (``jax.make_array_from_process_local_data``).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+BATCH_AXES = ("data", "fsdp")
+_MIN_FSDP_SIZE = 2 ** 14  # arrays smaller than this stay replicated
+
+
+def initialize(distributed: bool) -> None:
+    """``jax.distributed.initialize()`` (coordinator from the cluster environment) when asked."""
+    if distributed:
+        jax.distributed.initialize()
+
+
+def make_mesh(fsdp: int = 1, devices: Any = None) -> Mesh:
+    devices = np.asarray(jax.devices() if devices is None else devices)
+    if fsdp < 1 or devices.size % fsdp:
+        raise ValueError(f"parallel.fsdp={fsdp} must divide the number of devices ({devices.size})")
+    return Mesh(devices.reshape(devices.size // fsdp, fsdp), BATCH_AXES)
+
+
+def check_batch_size(global_batch: int, mesh: Mesh, grad_accum: int = 1) -> None:
+    """Fail early, before any compute, when the batch cannot be split evenly."""
+    n = mesh.devices.size
+    if global_batch % (n * grad_accum):
+        raise ValueError(f"training.batch_size={global_batch} is not divisible by the number of "
+                         f"devices ({n}) times training.grad_accum ({grad_accum})")
+    if global_batch % jax.process_count():
+        raise ValueError(f"training.batch_size={global_batch} is not divisible by the number of "
+                         f"hosts ({jax.process_count()})")
+
+
+def batch_sharding(mesh: Mesh, leading: int = 0) -> NamedSharding:
+    """Examples split over all devices; ``leading`` unsplit axes in front (e.g. steps per call)."""
+    return NamedSharding(mesh, P(*([None] * leading), BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def _param_spec(x: Any, fsdp: int) -> P:
+    shape = getattr(x, "shape", ())
+    if fsdp == 1 or np.prod(shape, dtype=np.int64) < _MIN_FSDP_SIZE:
+        return P()
+    for axis in np.argsort(shape)[::-1]:  # split the largest divisible dimension
+        if shape[axis] % fsdp == 0:
+            spec = [None] * len(shape)
+            spec[axis] = "fsdp"
+            return P(*spec)
+    return P()
+
+
+def state_sharding(state: Any, mesh: Mesh) -> Any:
+    """Shardings for a train-state pytree: replicated, or FSDP-split when the mesh has fsdp > 1."""
+    fsdp = mesh.shape["fsdp"]
+    return jax.tree.map(lambda x: NamedSharding(mesh, _param_spec(x, fsdp)), state)
+
+
+def global_batch(local: Any, mesh: Mesh, leading: int = 0) -> Any:
+    """Assemble the global batch from this host's slice (the host order is the process order)."""
+    sharding = batch_sharding(mesh, leading)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local)
+
+
+def jit_step(step_fn: Callable, state_shardings: Any, mesh: Mesh, leading: int = 0) -> Callable:
+    """``step_fn(state, batch) -> (state, metrics)`` compiled once over the mesh, the state
+    donated so its buffers are reused in place."""
+    return jax.jit(step_fn,
+                   in_shardings=(state_shardings, batch_sharding(mesh, leading)),
+                   out_shardings=(state_shardings, replicated(mesh)),
+                   donate_argnums=0)

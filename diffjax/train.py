@@ -1,0 +1,451 @@
+"""``python -m diffjax.train --config=configs/<experiment>.py --workdir=DIR``: train a diffusion model.
+
+Without flags it trains ``configs/quickstart.py`` (a small DDPM UNet on the bundled MNIST
+subset, about ten minutes on a laptop CPU) into ``./runs/quickstart``. Every config field can be
+overridden (``--config.training.batch_size=64``). Re-running the same command resumes from the
+latest checkpoint in ``DIR``; SIGTERM saves a checkpoint and stops.
+
+``DIR`` receives ``checkpoints/`` (Orbax), ``tb/`` (TensorBoard scalars), ``metrics.jsonl``
+(one JSON object per logged step), ``samples/step_<N>.png`` (sample grids, or for 2D data a
+scatter of samples beside the data) and ``config.json``.
+
+The pieces, each usable on its own: :class:`TrainState`, :func:`make_optimizer`,
+:func:`ema_decay`, :func:`build`, :func:`init_state`, :func:`make_train_step`, :func:`train`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import app, flags, logging
+
+from diffjax import checkpoint as ckpt_lib
+from diffjax import data as data_lib
+from diffjax import parallel, predictions, viz
+from diffjax import sample as sample_lib
+
+Array = jax.Array
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = os.path.join(_REPO, "configs", "quickstart.py")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: Array          # int32 scalar: optimiser updates applied so far
+    params: Any
+    ema_params: Any
+    opt_state: Any
+    key: Array           # raw uint32[2] PRNG key, split once per step
+
+
+# --- optimisation ------------------------------------------------------------------------
+
+def learning_rate(optim: Any) -> Callable[[Array], Array]:
+    """Linear warm-up from 0 over ``warmup_steps`` updates, then constant (DDPM, score_sde; EDM's
+    ramp in images is the same thing counted in steps)."""
+
+    def schedule(count: Array) -> Array:
+        if optim.warmup_steps > 0:
+            return optim.lr * jnp.minimum(count / optim.warmup_steps, 1.0)
+        return jnp.asarray(optim.lr, jnp.float32)
+
+    return schedule
+
+
+def _zero_nonfinite() -> optax.GradientTransformation:
+    """EDM's guard: NaN gradients become 0 and infinities +-1e5 (training/training_loop.py)."""
+    return optax.stateless(lambda g, _: jax.tree.map(
+        lambda x: jnp.nan_to_num(x, nan=0.0, posinf=1e5, neginf=-1e5), g))
+
+
+def make_optimizer(optim: Any) -> optax.GradientTransformation:
+    """Adam (AdamW with ``weight_decay``), after optional global-norm clipping (DDPM: 1.0)."""
+    if optim.optimizer != "adam":
+        raise ValueError(f"optim.optimizer must be 'adam', got {optim.optimizer!r}")
+    chain = []
+    if optim.zero_nonfinite_grads:
+        chain.append(_zero_nonfinite())
+    if optim.grad_clip > 0:
+        chain.append(optax.clip_by_global_norm(optim.grad_clip))
+    lr = learning_rate(optim)
+    if optim.weight_decay > 0:
+        chain.append(optax.adamw(lr, optim.beta1, optim.beta2, optim.eps, weight_decay=optim.weight_decay))
+    else:
+        chain.append(optax.adam(lr, optim.beta1, optim.beta2, optim.eps))
+    return optax.chain(*chain)
+
+
+def ema_decay(optim: Any, step: Array, batch_size: int) -> Array:
+    """EMA decay for the update after ``step`` updates: the constant ``ema_decay``, or with
+    ``ema_halflife_kimg`` EDM's ``0.5 ** (batch / half_life)`` whose half-life (in images) ramps
+    up as ``ema_rampup_ratio * images_seen`` (Karras et al. 2022, App. F.1)."""
+    if optim.ema_halflife_kimg <= 0:
+        return jnp.asarray(optim.ema_decay, jnp.float32)
+    half_life = jnp.asarray(optim.ema_halflife_kimg * 1000.0, jnp.float32)
+    if optim.ema_rampup_ratio > 0:
+        half_life = jnp.minimum(half_life, step.astype(jnp.float32) * batch_size * optim.ema_rampup_ratio)
+    return 0.5 ** (batch_size / jnp.maximum(half_life, 1e-8))
+
+
+# --- construction --------------------------------------------------------------------------
+
+def build(config: Any) -> tuple[Any, Any, Callable, optax.GradientTransformation]:
+    """The network, schedule, loss and optimiser named by ``config`` (no compute)."""
+    from diffjax import losses, models, schedules
+
+    model_config = config.model
+    if config.training.compute_dtype != "float32":
+        model_config = ml_collections.ConfigDict(config.model.to_dict())
+        model_config.dtype = config.training.compute_dtype
+    return (models.get_model(model_config), schedules.get(config.schedule),
+            losses.get(config.loss, prediction=config.model.prediction), make_optimizer(config.optim))
+
+
+def _dummy_inputs(config: Any, n: int = 1) -> tuple[Array, Array, Array | None]:
+    x = jnp.zeros((n, *data_lib.example_shape(config.data)), jnp.float32)
+    y = jnp.zeros((n,), jnp.int32) if config.data.num_classes else None
+    return x, jnp.zeros((n,), jnp.float32), y
+
+
+def init_state(config: Any, net: Any, tx: optax.GradientTransformation, key: Array) -> TrainState:
+    init_key, dropout_key, state_key = jax.random.split(key, 3)
+    x, noise_labels, y = _dummy_inputs(config)
+    params = net.init({"params": init_key, "dropout": dropout_key}, x, noise_labels, y=y, train=False)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params), key=state_key)
+
+
+def _conditioning(config: Any, batch: dict, key: Array) -> Array | None:
+    """Class labels for the network; with ``cond_drop_prob`` some become the null label
+    ``num_classes`` (classifier-free guidance, Ho & Salimans 2021, Algorithm 1)."""
+    num_classes = config.data.num_classes
+    if not num_classes:
+        return None
+    y = batch["label"]
+    p = config.training.cond_drop_prob
+    if p > 0:
+        y = jnp.where(jax.random.uniform(key, y.shape) < p, num_classes, y)
+    return y
+
+
+def make_train_step(config: Any, net: Any, schedule: Any, loss_fn: Callable,
+                    tx: optax.GradientTransformation) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """``step(state, batch) -> (state, metrics)``: one optimiser update on ``batch`` (split into
+    ``grad_accum`` micro-batches whose gradients are averaged), then the EMA update. With
+    ``steps_per_call > 1`` the batch has a leading axis of that size and the updates run in a
+    ``lax.scan``; metrics are averaged over them."""
+    accum = config.training.grad_accum
+    lr_fn = learning_rate(config.optim)
+
+    def loss_of(params: Any, batch: dict, key: Array) -> tuple[Array, dict]:
+        dropout_key, loss_key, cond_key = jax.random.split(key, 3)
+        y = _conditioning(config, batch, cond_key)
+        fn = predictions.model_fn(
+            sample_lib.network_fn(net, params, y, train=True, dropout_key=dropout_key), schedule)
+        return loss_fn(fn, batch["image"], loss_key, schedule)
+
+    grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+
+    def gradients(params: Any, batch: dict, key: Array) -> tuple[Array, dict, Any]:
+        if accum == 1:
+            (loss, terms), grads = grad_fn(params, batch, key)
+            return loss, terms, grads
+        # Micro-batch a takes rows a, a + accum, ...: every device keeps its own rows.
+        micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1), batch)
+
+        def body(total, inputs):
+            return jax.tree.map(jnp.add, total, grad_fn(params, *inputs)), None
+
+        keys = jax.random.split(key, accum)
+        first = jax.tree.map(lambda x: x[0], (micro, keys))
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(grad_fn, params, *first))
+        ((loss, terms), grads), _ = jax.lax.scan(body, zeros, (micro, keys))
+        return jax.tree.map(lambda v: v / accum, (loss, terms, grads))
+
+    def one_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        key, step_key = jax.random.split(state.key)
+        loss, terms, grads = gradients(state.params, batch, step_key)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        decay = ema_decay(config.optim, state.step, config.training.batch_size)
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+        metrics = {"loss": loss, **{f"loss/{k}": v for k, v in terms.items()},
+                   "grad_norm": optax.tree.norm(grads), "lr": lr_fn(state.step), "ema_decay": decay}
+        return TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state, key=key), metrics
+
+    if config.training.steps_per_call == 1:
+        return one_step
+
+    def several_steps(state: TrainState, batches: dict) -> tuple[TrainState, dict]:
+        state, metrics = jax.lax.scan(one_step, state, batches)
+        return state, jax.tree.map(jnp.mean, metrics)
+
+    return several_steps
+
+
+# --- validation (before any compute) --------------------------------------------------------
+
+def validate(config: Any) -> None:
+    """Clear errors for settings that would otherwise fail late or silently."""
+    reference = _default_config()
+    for section in ("training", "data", "model", "schedule", "loss", "sampler", "optim", "eval", "parallel"):
+        if section not in config:
+            raise ValueError(f"config has no section {section!r}")
+    for section in ("training", "data", "optim"):
+        unknown = sorted(set(config[section].keys()) - set(reference[section].keys()))
+        if unknown:
+            raise ValueError(f"unknown field(s) config.{section}.{unknown}; known: {sorted(reference[section].keys())}")
+    t = config.training
+    for name in ("num_steps", "batch_size", "log_every", "checkpoint_every", "sample_every",
+                 "steps_per_call", "grad_accum"):
+        if t[name] < 1 and not (name == "sample_every" and t[name] == 0):
+            raise ValueError(f"training.{name} must be positive, got {t[name]}")
+    if t.num_steps % t.steps_per_call:
+        raise ValueError(f"training.num_steps={t.num_steps} is not a multiple of training.steps_per_call={t.steps_per_call}")
+    if t.compute_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"training.compute_dtype must be 'float32' or 'bfloat16', got {t.compute_dtype!r}")
+    if config.model.prediction not in predictions.KINDS:
+        raise ValueError(f"model.prediction must be one of {predictions.KINDS}, got {config.model.prediction!r}")
+    if t.cond_drop_prob > 0 and not config.data.num_classes:
+        raise ValueError("training.cond_drop_prob > 0 needs a class-conditional model (data.num_classes > 0)")
+
+
+def _default_config() -> ml_collections.ConfigDict:
+    """configs/default.py, loaded by path so that no sys.path setup is needed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_diffjax_default_config",
+                                                  os.path.join(_REPO, "configs", "default.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def check_workdir(workdir: str) -> None:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write_test_{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"workdir {workdir!r} is not writable: {e}") from None
+
+
+# --- the loop ------------------------------------------------------------------------------
+
+class _Stop:
+    """Set by SIGTERM; the loop saves a checkpoint and returns at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, signum, frame):
+        self.requested = True
+
+
+class _Logger:
+    """TensorBoard scalars, metrics.jsonl and the progress bar (process 0 only)."""
+
+    def __init__(self, workdir: str, total: int, initial: int, enabled: bool):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from tensorboardX import SummaryWriter
+        from tqdm import tqdm
+
+        self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+    def advance(self, n: int) -> None:
+        if self.enabled:
+            self.bar.update(n)
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        for k, v in metrics.items():
+            self.tb.add_scalar(k, v, step)
+        self.tb.flush()
+        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.jsonl.flush()
+        self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics.get('images_per_sec', 0):.0f}")
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.close()
+            self.tb.close()
+            self.jsonl.close()
+
+
+def _say(message: str) -> None:
+    """A line for the person watching (process 0), printed above the progress bar."""
+    if jax.process_index() == 0:
+        from tqdm import tqdm
+
+        tqdm.write(message, file=sys.stderr)
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    return every > 0 and after // every > before // every
+
+
+def _write_samples(config: Any, sample_fn: Callable, params: Any, step: int, workdir: str,
+                   loader: data_lib.Loader, write: bool) -> str:
+    """Sample on every host (the params are global arrays); process 0 writes the picture."""
+    key = jax.random.PRNGKey(config.seed + 1)  # the same noise at every step: grids are comparable
+    samples, _, _ = sample_fn(params, key)
+    samples = np.asarray(samples)
+    path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
+    if not write:
+        return path
+    if samples.ndim == 2:
+        reference = loader.source.reference(len(samples))
+        return viz.save_scatter(path, samples, reference, title=f"samples, step {step}")
+    return viz.save_image_grid(path, samples, centered=config.data.centered,
+                               scale=max(1, 128 // config.data.image_size))
+
+
+class Run:
+    """Everything a training run needs, built and checked before any training compute."""
+
+    def __init__(self, config: Any, workdir: str):
+        validate(config)
+        parallel.initialize(config.parallel.distributed)
+        check_workdir(workdir)
+        self.config, self.workdir = config, workdir
+        self.mesh = parallel.make_mesh(config.parallel.fsdp)
+        parallel.check_batch_size(config.training.batch_size, self.mesh, config.training.grad_accum)
+        self.config_dict = json.loads(json.dumps(config.to_dict()))
+        self.checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                                  config.training.keep_checkpoints)
+        self.checkpointer.check_compatible(self.config_dict)
+        self.is_main = jax.process_index() == 0
+        self.loader = data_lib.get_dataset(config, config.training.batch_size // jax.process_count(),
+                                           jax.process_index(), jax.process_count())
+        self.net, self.schedule, self.loss_fn, self.tx = build(config)
+
+    def initial_state(self) -> TrainState:
+        """A fresh state, or the latest checkpoint's (which also repositions the data iterator)."""
+        init = lambda: init_state(self.config, self.net, self.tx, jax.random.PRNGKey(self.config.seed))  # noqa: E731
+        self.shardings = parallel.state_sharding(jax.eval_shape(init), self.mesh)
+        state = jax.jit(init, out_shardings=self.shardings)()
+        start = self.checkpointer.latest_step()
+        if start is not None:
+            state, data_state = self.checkpointer.restore(start, state)
+            self.loader.restore(data_state)
+            _say(f"resumed from {self.checkpointer.directory} at step {start} (data position {self.loader.position})")
+        return state
+
+    def loop(self, state: TrainState) -> TrainState:
+        config, workdir, loader, mesh = self.config, self.workdir, self.loader, self.mesh
+        t = config.training
+        step = first = int(state.step)
+        n_params = sum(x.size for x in jax.tree.leaves(state.params))
+        _say(f"{config.model.name}: {n_params:,} parameters; {mesh.devices.size} {jax.devices()[0].platform} "
+             f"device(s), mesh {dict(mesh.shape)}; global batch {t.batch_size}; workdir {workdir}")
+        if self.is_main:
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                json.dump(self.config_dict, f, indent=2)
+        leading = 1 if t.steps_per_call > 1 else 0
+        step_fn = parallel.jit_step(make_train_step(config, self.net, self.schedule, self.loss_fn, self.tx),
+                                    self.shardings, mesh, leading)
+        draw = sample_lib.make_sampler(config, self.net, self.schedule)
+        sample_fn = jax.jit(lambda params, key: draw(params, key, t.num_grid_samples),
+                            out_shardings=parallel.replicated(mesh))
+
+        stop = _Stop()
+        previous_handler = signal.signal(signal.SIGTERM, stop)
+        logger = _Logger(workdir, t.num_steps, step, self.is_main)
+        window_start, window_images = time.time(), 0
+        try:
+            while step < t.num_steps and not stop.requested:
+                batches = [next(loader) for _ in range(t.steps_per_call)]
+                batch = batches[0] if not leading else jax.tree.map(lambda *xs: np.stack(xs), *batches)
+                state, metrics = step_fn(state, parallel.global_batch(batch, mesh, leading))
+                before, step = step, step + t.steps_per_call
+                window_images += t.steps_per_call * t.batch_size
+                logger.advance(t.steps_per_call)
+                if _crossed(before, step, t.log_every) or before == first:
+                    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    metrics["images_per_sec"] = window_images / max(time.time() - window_start, 1e-9)
+                    logger.write(step, metrics)
+                    window_start, window_images = time.time(), 0
+                if _crossed(before, step, t.checkpoint_every):
+                    self.checkpointer.save(step, state, loader.state(), self.config_dict)
+                if t.sample_every and (_crossed(before, step, t.sample_every) or step == t.num_steps):
+                    path = _write_samples(config, sample_fn, state.ema_params, step, workdir, loader,
+                                          self.is_main)
+                    _say(f"step {step}: samples in {path}")
+            if stop.requested:
+                _say(f"SIGTERM: saving a checkpoint at step {step} and stopping")
+            if self.checkpointer.latest_step() != step:
+                self.checkpointer.save(step, state, loader.state(), self.config_dict, force=True)
+            self.checkpointer.wait()
+            _say(f"checkpoint of step {step} in {self.checkpointer.directory}")
+        finally:
+            self.checkpointer.close()
+            logger.close()
+            signal.signal(signal.SIGTERM, previous_handler)
+        return state
+
+
+def train(config: Any, workdir: str) -> TrainState:
+    """Train (or resume) the run in ``workdir``; returns the final state."""
+    run = Run(config, workdir)
+    return run.loop(run.initial_state())
+
+
+# --- command line ----------------------------------------------------------------------------
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with a readable error for a mistyped ``--config.<field>``."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:
+        bad = [a for a in argv[1:] if a.startswith("--config.")]
+        raise SystemExit(f"error: unknown config field in {bad}: {e}. The fields are those of the "
+                         "config file and configs/default.py.")
+    except flags.Error as e:
+        raise SystemExit(f"error: {e}")
+
+
+def main(argv: list[str]) -> None:
+    from ml_collections import config_flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO
+        logging.set_verbosity(logging.WARNING)
+    config_path = config_flags.get_config_filename(flags.FLAGS["config"])
+    workdir = flags.FLAGS.workdir or os.path.join("runs", os.path.splitext(os.path.basename(config_path))[0])
+    try:
+        run = Run(flags.FLAGS.config, workdir)
+    except ValueError as e:  # bad settings, found before any compute
+        raise SystemExit(f"error: {e}")
+    run.loop(run.initial_state())
+
+
+def cli() -> None:
+    from ml_collections import config_flags
+
+    if _REPO not in sys.path:  # the config files import `configs.default`
+        sys.path.insert(0, _REPO)
+    config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "experiment config file", lock_config=True)
+    flags.DEFINE_string("workdir", None, "run directory (default: ./runs/<config file name>)")
+    app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    cli()

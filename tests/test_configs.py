@@ -1,0 +1,161 @@
+"""Every experiment config: its paper target, its hyper-parameters, and one real train step
+(shrunk network, a tiny local TFDS dataset) through the same code path as ``python -m diffjax.train``."""
+import glob
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from diffjax import models, schedules, train
+from diffjax import sample as sample_lib
+from test_data import TinyIds
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAPER_CONFIGS = sorted(
+    os.path.relpath(p, ROOT)[:-3].replace(os.sep, ".")
+    for p in glob.glob(os.path.join(ROOT, "configs", "*", "*.py"))
+    if not p.endswith("__init__.py") and not p.endswith("common.py"))
+SHRINK = {  # small enough to compile and run one step in seconds on a CPU
+    "ddpm_unet": dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,)),
+    "adm": dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), num_heads=2),
+    "ncsnpp": dict(nf=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,)),
+    "ddpmpp": dict(nf=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,)),
+}
+
+
+def load(name):
+    return importlib.import_module(name).get_config()
+
+
+def test_all_paper_configs_are_found():
+    assert set(PAPER_CONFIGS) >= {
+        "configs.ddpm.cifar10", "configs.ddpm.celebahq256", "configs.score_sde.ncsnpp_ve_cifar10",
+        "configs.score_sde.ddpmpp_vp_cifar10", "configs.score_sde.ddpmpp_subvp_cifar10",
+        "configs.ncsn.cifar10", "configs.edm.cifar10_cond", "configs.edm.cifar10_uncond",
+        "configs.improved_ddpm.cifar10", "configs.cfg.cifar10"}
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_paper_config_names_its_table(name):
+    doc = importlib.import_module(name).__doc__
+    assert "Table" in doc, f"{name} must name the table it reproduces"
+
+
+@pytest.mark.parametrize("name, target", [
+    ("configs.ddpm.cifar10", "3.17"), ("configs.score_sde.ncsnpp_ve_cifar10", "2.38"),
+    ("configs.score_sde.ddpmpp_vp_cifar10", "2.55"), ("configs.score_sde.ddpmpp_subvp_cifar10", "2.61"),
+    ("configs.ncsn.cifar10", "8.87"), ("configs.edm.cifar10_cond", "1.79"),
+    ("configs.edm.cifar10_uncond", "1.97"), ("configs.improved_ddpm.cifar10", "2.94")])
+def test_paper_config_states_the_number(name, target):
+    assert target in importlib.import_module(name).__doc__
+
+
+def test_ddpm_cifar10_hyperparameters_are_the_papers():
+    c = load("configs.ddpm.cifar10")
+    assert (c.training.batch_size, c.optim.lr, c.optim.warmup_steps, c.optim.grad_clip, c.optim.ema_decay) == \
+        (128, 2e-4, 5000, 1.0, 0.9999)
+    assert (c.model.ch, tuple(c.model.ch_mult), c.model.num_res_blocks, tuple(c.model.attn_resolutions),
+            c.model.dropout) == (128, (1, 2, 2, 2), 2, (16,), 0.1)
+    schedule = schedules.get(c.schedule)
+    np.testing.assert_allclose(np.asarray(schedule.betas)[[0, -1]], [1e-4, 0.02], rtol=1e-5)
+    assert models.param_count(models.get_model(c.model), (1, 32, 32, 3)) == 35_746_307
+
+
+def test_edm_hyperparameters_are_the_papers():
+    c = load("configs.edm.cifar10_cond")
+    assert (c.training.batch_size, c.optim.lr, c.optim.ema_halflife_kimg, c.optim.ema_rampup_ratio) == \
+        (512, 1e-3, 500.0, 0.05)
+    assert c.training.num_steps * 512 == pytest.approx(200e6, rel=1e-5)   # 200 Mimg
+    assert c.optim.warmup_steps * 512 == pytest.approx(10e6, rel=1e-4)    # lr ramp over 10 Mimg
+    assert (c.model.dropout, c.data.num_classes, c.sampler.name, c.sampler.steps) == (0.13, 10, "edm_heun", 18)
+    assert load("configs.edm.cifar10_uncond").data.num_classes == 0
+
+
+def test_score_sde_and_ncsn_hyperparameters_are_the_papers():
+    ve, vp, subvp = (load(f"configs.score_sde.{n}") for n in
+                     ("ncsnpp_ve_cifar10", "ddpmpp_vp_cifar10", "ddpmpp_subvp_cifar10"))
+    assert (ve.schedule.sigma_min, ve.schedule.sigma_max, ve.optim.ema_decay, ve.data.centered) == (0.01, 50.0, 0.999, False)
+    assert (vp.schedule.beta_min, vp.schedule.beta_max, vp.optim.ema_decay, vp.data.centered) == (0.1, 20.0, 0.9999, True)
+    assert (subvp.schedule.name, vp.schedule.name, ve.training.num_steps) == ("subvp", "vp", 1_300_000)
+    ncsn = load("configs.ncsn.cifar10")
+    assert (ncsn.schedule.sigma_min, ncsn.schedule.sigma_max, ncsn.loss.num_scales, ncsn.optim.lr,
+            ncsn.sampler.n_steps_each, ncsn.sampler.step_lr) == (0.01, 1.0, 10, 1e-3, 100, 2e-5)
+    iddpm = load("configs.improved_ddpm.cifar10")
+    assert (iddpm.schedule.name, iddpm.schedule.T, iddpm.loss.name, iddpm.loss.vlb_weight,
+            iddpm.model.learn_sigma, iddpm.model.dropout, iddpm.optim.lr) == \
+        ("ddpm_cosine", 4000, "hybrid", 1e-3, True, 0.3, 1e-4)
+
+
+@pytest.fixture(scope="module")
+def tiny_tfds(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("tfds"))
+    TinyIds(data_dir=directory, file_format="array_record").download_and_prepare()
+    return directory
+
+
+def shrunk(name, tfds_dir):
+    config = load(name)
+    config.training.update(num_steps=1, batch_size=4, sample_every=0, log_every=1,
+                           checkpoint_every=1, num_grid_samples=2)
+    config.data.update(source="tfds:tiny_ids", data_dir=tfds_dir, image_size=8, resize="resize")
+    model = config.model.name if config.model.name not in ("edm",) else config.model.backbone
+    if model in SHRINK:
+        config.model.update(SHRINK[model])
+    return config
+
+
+def _registered(name):
+    try:
+        models.get_model({"name": name})
+        return True
+    except ValueError as e:
+        return "unknown model name" not in str(e)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_paper_config_builds_and_runs_one_train_step(name, tiny_tfds, tmp_path):
+    config = shrunk(name, tiny_tfds)
+    if not _registered(config.model.name):
+        pytest.xfail(f"model {config.model.name!r} is not in the diffjax.models registry yet")
+    run = train.Run(config, str(tmp_path))
+    state = run.loop(run.initial_state())
+    assert int(state.step) == 1
+    record = json.loads(open(tmp_path / "metrics.jsonl").readline())
+    assert record["step"] == 1 and np.isfinite(record["loss"]) and record["grad_norm"] > 0
+    # the config's sampler accepts the config's options (traced, not run)
+    draw = sample_lib.make_sampler(config, run.net, run.schedule)
+    out = jax.eval_shape(lambda p: draw(p, jax.random.PRNGKey(0), 2)[0], state.ema_params)
+    assert out.shape == (2, 8, 8, 3)
+
+
+@pytest.mark.parametrize("name", ["configs.quickstart", "configs.toy2d"])
+def test_cpu_configs_build(name):
+    config = load(name)
+    train.validate(config)
+    net, schedule, loss, tx = train.build(config)
+    shape = (1, 2) if name.endswith("toy2d") else (1, 28, 28, 1)
+    assert models.param_count(net, shape) > 0
+
+
+def run_cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "diffjax.train", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+def test_unknown_config_field_is_a_clear_error(tmp_path):
+    proc = run_cli("--config=configs/toy2d.py", f"--workdir={tmp_path}", "--config.training.bacth_size=3")
+    assert proc.returncode != 0
+    assert "unknown config field" in proc.stderr and "bacth_size" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_mistyped_value_is_a_clear_error(tmp_path):
+    proc = run_cli("--config=configs/toy2d.py", f"--workdir={tmp_path}", "--config.training.batch_size=many")
+    assert proc.returncode != 0 and "batch_size" in proc.stderr and "Traceback" not in proc.stderr
