@@ -395,7 +395,15 @@ class DiscreteSchedule(Schedule):
         return jnp.clip(n, 0, self.T - 1).astype(jnp.int32)
 
     def _log_alpha_bar(self, t: Array) -> Array:
-        return jnp.interp(t, self._grid(), self._log_alpha_bar_knots())
+        # Interpolate in step units s = T t rather than on a float32 linspace of knots: then
+        # t = (n + 1) / T lands on knot n + 1 up to the rounding of s, and alpha at integer steps
+        # equals the cumulative product to float32 precision.
+        knots = self._log_alpha_bar_knots()
+        s = jnp.clip(t * self.T, 0.0, float(self.T))
+        i = jnp.clip(jnp.floor(s), 0, self.T - 1)
+        lo = knots[i.astype(jnp.int32)]
+        hi = knots[i.astype(jnp.int32) + 1]
+        return lo + (s - i) * (hi - lo)
 
     def _grid(self) -> Array:
         return jnp.linspace(0.0, 1.0, self.T + 1)
