@@ -6,13 +6,18 @@ the DDPM recipe (linear betas, T = 1000, eps-prediction, L_simple, ancestral sam
 tiny UNet at MNIST's native 28x28, a larger learning rate and a short warm-up, and the final
 grid drawn with 250 respaced ancestral steps (improved DDPM's respacing) to save time. No paper
 number: it exists to show the whole pipeline working.
+
+Measured 2026-11-28 on the shared 2-core CPU under a load average of ~7 from other jobs: about
+2 steps/s (65 images/s) and ~0.4 CPU-seconds per step; the grid at step 2000 shows clearly
+readable digits (the one at step 1000 mostly strokes). The learning-rate schedule is constant
+after warm-up, so the first 2000 steps of a longer run are exactly this run.
 """
 from configs import default
 
 
 def get_config():
     config = default.get_config()
-    config.training.num_steps = 3000
+    config.training.num_steps = 2000
     config.training.batch_size = 32
     config.training.log_every = 50
     config.training.checkpoint_every = 1000

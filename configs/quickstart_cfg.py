@@ -20,6 +20,7 @@ from configs import quickstart
 
 def get_config():
     config = quickstart.get_config()
+    config.training.num_steps = 3000  # the length its bench numbers were measured at
     config.data.num_classes = 10
     config.model.num_classes = 10
     config.training.cond_drop_prob = 0.2
