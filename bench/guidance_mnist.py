@@ -17,7 +17,11 @@ score at this n.
 
     python bench/guidance_mnist.py --workdir=runs/quickstart_cfg \
         --classifier=runs/mnist_classifier.npz --weights=0,0.5,1,2,4 --num_samples=500 \
-        --sampler=ddim --steps=50
+        --sampler=ddpm --steps=50
+
+(``ddpm``: ancestral sampling on 50 respaced steps with the config's variance, as the paper samples.
+Deterministic DDIM on the 1,500-step quickstart_cfg model is poor at every w tried; see
+bench/RESULTS.md.)
 
 writes ``--out`` (JSON, rewritten after every weight, so a cut-short run keeps what it measured),
 prints a Markdown table, and draws ``--plot`` (accuracy and FID against w, and the first ten
@@ -148,13 +152,22 @@ def main(argv=None) -> None:
     p.add_argument("--classifier", default=None, help="default: ~/.cache/diffjax/mnist_classifier.npz")
     p.add_argument("--weights", default="0,0.5,1,2,4")
     p.add_argument("--num_samples", type=int, default=500)
-    p.add_argument("--sampler", default="ddim")
+    p.add_argument("--sampler", default="ddpm")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch_size", type=int, default=500)
     p.add_argument("--out", default="bench/guidance_mnist.json")
     p.add_argument("--plot", default="docs/guidance_mnist.png")
+    p.add_argument("--replot", action="store_true", help="only redraw the table and plot from --out "
+                   "(e.g. of a run cut short)")
     args = p.parse_args(argv)
+    if args.replot:
+        with open(args.out) as f:
+            result = json.load(f)
+        result["strips"] = np.load(os.path.splitext(args.out)[0] + "_strips.npy")
+        print(table(result))
+        print(f"wrote {plot(result, args.plot)}", file=sys.stderr)
+        return
     result = sweep(args.workdir, args.classifier, [float(w) for w in args.weights.split(",")],
                    args.num_samples, args.sampler, args.steps, args.seed, args.batch_size, args.out)
     print(table(result))

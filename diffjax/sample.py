@@ -72,8 +72,12 @@ def make_sampler(config: Any, net: Any, schedule: Any, name: str | None = None,
             fn = samplers.guidance.classifier_free(conditional, labels, guidance_scale, num_classes)
         else:
             fn = functools.partial(conditional, y=labels)
-        if config.model.get("learn_sigma", False):
+        if config.model.get("learn_sigma", False) and name == "ddpm" and opts.get("variance") == "learned":
             denoise = samplers.learned_variance_denoiser(fn, schedule, config.model.prediction)
+        elif config.model.get("learn_sigma", False):
+            # Samplers other than learned-variance DDPM use only the mean half of the channels.
+            mean_half = lambda x, t: jnp.split(fn(x, t), 2, axis=-1)[0]  # noqa: E731
+            denoise = predictions.as_denoiser(mean_half, schedule, config.model.prediction)
         else:
             denoise = predictions.as_denoiser(fn, schedule, config.model.prediction)
         samples, info = samplers.sample(name, denoise, schedule, key, shape=(n, *shape), **opts)

@@ -25,6 +25,7 @@ SHRINK = {  # small enough to compile and run one step in seconds on a CPU
     "adm": dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), num_heads=2),
     "ncsnpp": dict(nf=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,)),
     "ddpmpp": dict(nf=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,)),
+    "ncsn": dict(nf=8),
 }
 
 
@@ -132,6 +133,10 @@ def test_paper_config_builds_and_runs_one_train_step(name, tiny_tfds, tmp_path):
     draw = sample_lib.make_sampler(config, run.net, run.schedule)
     out = jax.eval_shape(lambda p: draw(p, jax.random.PRNGKey(0), 2)[0], state.ema_params)
     assert out.shape == (2, 8, 8, 3)
+    if config.model.get("learn_sigma", False):  # other samplers read only the mean half
+        ddim = sample_lib.make_sampler(config, run.net, run.schedule, "ddim", {"steps": 2})
+        out = jax.eval_shape(lambda p: ddim(p, jax.random.PRNGKey(0), 2)[0], state.ema_params)
+        assert out.shape == (2, 8, 8, 3)
 
 
 @pytest.mark.parametrize("name", ["configs.quickstart", "configs.toy2d"])

@@ -23,6 +23,10 @@ def get_config():
     config.schedule.sigma_max = 1.0
     config.loss.name = "ncsn_dsm"
     config.loss.num_scales = 10
+    # the network maps its input sigma to the level index i of these L levels (linked fields)
+    config.model.num_scales = config.loss.get_ref("num_scales")
+    config.model.sigma_min = config.schedule.get_ref("sigma_min")
+    config.model.sigma_max = config.schedule.get_ref("sigma_max")
     config.sampler.name = "annealed_langevin"
     config.sampler.steps = 10
     config.sampler.n_steps_each = 100

@@ -11,6 +11,7 @@ Registered names:
   ddpmpp      the same class with DDPM++'s defaults (no FIR, positional time features)
   adm         ADM UNet (Dhariwal & Nichol 2021)               diffjax.models.adm.ADMUNet
   mlp         residual MLP for vector data                    diffjax.models.mlp.MLP
+  ncsn        NCSN CondRefineNetDilated (Song & Ermon 2019)   diffjax.models.ncsn.NCSN
   edm         EDM preconditioning around ``config.backbone`` (any name above); also
               vp_precond, ve_precond (EDM Table 1's VP and VE columns)
 
@@ -88,6 +89,11 @@ def _ddpmpp(fields: dict) -> nn.Module:
 @register("adm")
 def _adm(fields: dict) -> nn.Module:
     return _construct(ADMUNet, fields)
+
+
+@register("ncsn")
+def _ncsn(fields: dict) -> nn.Module:
+    return _construct(importlib.import_module("diffjax.models.ncsn").NCSN, fields)
 
 
 @register("mlp")
