@@ -59,6 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.sampler = sampler = ml_collections.ConfigDict()
     sampler.name = "ddpm"
+    # Clip the denoiser's x0 estimate to the data range before every step, as DDPM and
+    # improved-diffusion sample images (diffusers' clip_sample); score_sde and EDM do not.
+    sampler.clip_denoised = False
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.optimizer = "adam"

@@ -42,6 +42,7 @@ def get_config():
     config.sampler.name = "ddpm"
     config.sampler.steps = 250
     config.sampler.variance = "beta"
+    config.sampler.clip_denoised = True
     config.optim.lr = 2e-3
     config.optim.warmup_steps = 100
     config.optim.grad_clip = 1.0

@@ -40,12 +40,15 @@ def network_fn(net: Any, params: Any, y: Array | None = None, *, train: bool = F
     return apply_fn
 
 
+_ANY_SAMPLER = ("guidance_scale", "clip_denoised")  # options of the model function, not the sampler
+
+
 def sampler_options(config: Any, name: str | None = None, overrides: dict | None = None) -> tuple[str, dict]:
     """The sampler name and its options: the fields of ``config.sampler`` (but ``name``) when the
     sampler is the config's, else only ``guidance_scale``; then ``overrides``."""
     name = name or config.sampler.name
     options = {k: v for k, v in config.sampler.items()
-               if k != "name" and (name == config.sampler.name or k == "guidance_scale")}
+               if k != "name" and (name == config.sampler.name or k in _ANY_SAMPLER)}
     options.update(overrides or {})
     return name, options
 
@@ -59,6 +62,8 @@ def make_sampler(config: Any, net: Any, schedule: Any, name: str | None = None,
 
     name, opts = sampler_options(config, name, options)
     guidance_scale = opts.pop("guidance_scale", 0.0)
+    clip = (-1.0, 1.0) if config.data.get("centered", True) else (0.0, 1.0)
+    clip_denoised = opts.pop("clip_denoised", False)
     num_classes = config.data.num_classes
     shape = data_lib.example_shape(config.data)
 
@@ -80,10 +85,25 @@ def make_sampler(config: Any, net: Any, schedule: Any, name: str | None = None,
             denoise = predictions.as_denoiser(mean_half, schedule, config.model.prediction)
         else:
             denoise = predictions.as_denoiser(fn, schedule, config.model.prediction)
+        if clip_denoised:
+            denoise = _clipped(denoise, *clip)
         samples, info = samplers.sample(name, denoise, schedule, key, shape=(n, *shape), **opts)
         return samples, labels if labels is not None else jnp.zeros((n,), jnp.int32), info
 
     return sample
+
+
+def _clipped(denoise: Callable, lo: float, hi: float) -> Callable:
+    """The denoiser with its x0 estimate clipped to the data range (a learned-variance denoiser
+    returns ``(x0_hat, v)``: only ``x0_hat`` is clipped)."""
+
+    def fn(x: Array, t: Array):
+        out = denoise(x, t)
+        if isinstance(out, tuple):
+            return (jnp.clip(out[0], lo, hi),) + tuple(out[1:])
+        return jnp.clip(out, lo, hi)
+
+    return fn
 
 
 def config_from_dict(saved: dict) -> ml_collections.ConfigDict:

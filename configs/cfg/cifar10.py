@@ -15,4 +15,5 @@ def get_config():
     config.model.num_classes = 10
     config.training.cond_drop_prob = 0.1
     config.sampler.guidance_scale = 0.1
+    config.sampler.clip_denoised = True
     return config

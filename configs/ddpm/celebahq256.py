@@ -28,6 +28,7 @@ def get_config():
     config.loss.name = "simple"
     config.sampler.name = "ddpm"
     config.sampler.variance = "beta_tilde"
+    config.sampler.clip_denoised = True
     config.optim.lr = 2e-5
     config.optim.warmup_steps = 5000
     config.optim.grad_clip = 1.0

@@ -26,6 +26,7 @@ def get_config():
     config.loss.name = "simple"
     config.sampler.name = "ddpm"
     config.sampler.variance = "beta"
+    config.sampler.clip_denoised = True
     config.optim.lr = 2e-4
     config.optim.warmup_steps = 5000
     config.optim.grad_clip = 1.0

@@ -33,6 +33,7 @@ def get_config():
     config.loss.vlb_weight = 1e-3
     config.sampler.name = "ddpm"
     config.sampler.variance = "learned"
+    config.sampler.clip_denoised = True
     config.optim.lr = 1e-4
     config.optim.warmup_steps = 0
     config.optim.grad_clip = 0.0
