@@ -35,6 +35,7 @@ from absl import app, flags, logging
 
 from diffjax import likelihood, predictions
 from diffjax.metrics import fid, inception, mnist_classifier
+from diffjax.sample import load_run  # noqa: F401  (also this module's public API)
 
 SAMPLE_METRICS = ("fid", "kid", "inception_score", "mnist_fid", "class_accuracy")
 DATA_METRICS = ("bpd", "bpd_ode", "bpd_vlb")
@@ -96,22 +97,6 @@ def _default_reference_path(config: Any) -> str:
 
 
 # ---------------------------------------------------------------------------- the run
-
-def load_run(workdir: str, step: int | None = None, use_ema: bool = True):
-    """(config, params, step) of the latest (or given) checkpoint in ``workdir/checkpoints``."""
-    from diffjax import checkpoint
-    from diffjax.sample import config_from_dict
-
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), asynchronous=False)
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first with "
-                                f"python -m diffjax.train --workdir={workdir}")
-    config = config_from_dict(ckpt.saved_config(step))
-    params = ckpt.restore_params(step)["ema_params" if use_ema else "params"]
-    ckpt.close()
-    return config, params, step
-
 
 def _model_fn(net, params, schedule, labels):
     from diffjax.sample import network_fn

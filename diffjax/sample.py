@@ -130,21 +130,29 @@ def _parse_options(pairs: list[str]) -> dict:
     return options
 
 
-def run(workdir: str, num_samples: int, seed: int, sampler: str | None, options: dict,
-        use_ema: bool = True, name: str | None = None, batch_size: int = 64) -> dict[str, str]:
-    """Sample from the latest checkpoint of ``workdir``; returns the paths written."""
-    from tqdm import tqdm
-
-    from diffjax import checkpoint, models, schedules
+def load_run(workdir: str, step: int | None = None, use_ema: bool = True) -> tuple[Any, Any, int]:
+    """(config, params, step) of the latest (or given) checkpoint in ``workdir/checkpoints``."""
+    from diffjax import checkpoint
 
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), asynchronous=False)
-    step = ckpt.latest_step()
+    step = ckpt.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first with "
                                 f"python -m diffjax.train --workdir={workdir}")
     config = config_from_dict(ckpt.saved_config(step))
     params = ckpt.restore_params(step)["ema_params" if use_ema else "params"]
     ckpt.close()
+    return config, params, step
+
+
+def run(workdir: str, num_samples: int, seed: int, sampler: str | None, options: dict,
+        use_ema: bool = True, name: str | None = None, batch_size: int = 64) -> dict[str, str]:
+    """Sample from the latest checkpoint of ``workdir``; returns the paths written."""
+    from tqdm import tqdm
+
+    from diffjax import models, schedules
+
+    config, params, step = load_run(workdir, use_ema=use_ema)
     net, schedule = models.get_model(config.model), schedules.get(config.schedule)
     sampler = sampler or config.sampler.name
     draw = jax.jit(make_sampler(config, net, schedule, sampler, options), static_argnums=2)

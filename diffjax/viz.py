@@ -41,15 +41,15 @@ def save_image_grid(path: str, images: np.ndarray, centered: bool = True, scale:
 def save_scatter(path: str, samples: np.ndarray, data: np.ndarray | None = None,
                  title: str = "samples", lim: float | None = None) -> str:
     """2D samples, beside the data when given, on the same axes limits."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure draws off-screen without touching pyplot's global backend, so saving a
+    # picture from a notebook does not stop the notebook's own plots from showing.
+    from matplotlib.figure import Figure
 
     panels = [("data", data), (title, samples)] if data is not None else [(title, samples)]
     reference = np.asarray(data if data is not None else samples)
     lim = lim or float(np.max(np.abs(reference))) * 1.25
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
+    fig = Figure(figsize=(4 * len(panels), 4))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (name, p) in zip(axes[0], panels):
         p = np.asarray(p)
         ax.scatter(p[:, 0], p[:, 1], s=1, alpha=0.5)
@@ -57,5 +57,4 @@ def save_scatter(path: str, samples: np.ndarray, data: np.ndarray | None = None,
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

@@ -1,7 +1,8 @@
 """Improved DDPM on CIFAR-10 (Nichol & Dhariwal 2021) with T = 4000, the cosine schedule and
-L_hybrid. Target: the paper's CIFAR-10 figures, 2.94 (quoted by secondary sources both as the
-L_hybrid FID and as the L_vlb bits/dim; the table and row could not be checked offline here, so
-verify against the paper before quoting a comparison).
+L_hybrid. Target: the paper's CIFAR-10 figure 2.94 (Table 2's CIFAR-10 row as first recorded
+here; secondary sources quote 2.94 both as the L_hybrid FID and as the L_vlb bits/dim, and the
+Table and row could not be checked offline, so verify against the paper before quoting a
+comparison).
 
 improved-diffusion's CIFAR-10 flags: `--image_size 32 --num_channels 128 --num_res_blocks 3
 --learn_sigma True --dropout 0.3 --diffusion_steps 4000 --noise_schedule cosine --lr 1e-4
