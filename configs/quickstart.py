@@ -12,7 +12,7 @@ Measured 2026-11-28 on the shared 2-core CPU under a load average of ~7 from oth
 readable digits (the one at step 1000 mostly strokes). The learning-rate schedule is constant
 after warm-up, so the first 2000 steps of a longer run are exactly this run.
 """
-from configs import default
+from diffjax.configs import default
 
 
 def get_config():

@@ -15,7 +15,7 @@ except: 10 classes plus the null label (row 10 of the class embedding), p_uncond
 paper's ablation found 0.1 and 0.2 about equally good, 0.5 worse; the larger value gives the
 unconditional half more data in a short run), and the periodic sample grid guided with w = 1.
 """
-from configs import quickstart
+from diffjax.configs import quickstart
 
 
 def get_config():

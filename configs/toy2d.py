@@ -6,7 +6,7 @@ T = 1000, eps-prediction, L_simple, ancestral sampling with the posterior varian
 step index 0..999 itself (``label_scale`` 1). tests/test_toy_run.py checks the
 mode frequencies and the log-density of the samples under the true mixture.
 """
-from configs import default
+from diffjax.configs import default
 
 
 def get_config():

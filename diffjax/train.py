@@ -1,6 +1,7 @@
-"""``python -m diffjax.train --config=configs/<experiment>.py --workdir=DIR``: train a diffusion model.
+"""``python -m diffjax.train --config=<experiment> --workdir=DIR``: train a diffusion model.
 
-Without flags it trains ``configs/quickstart.py`` (a small DDPM UNet on the bundled MNIST
+``--config`` is a packaged config (``ddpm/cifar10``, or as a path ``configs/ddpm/cifar10.py``;
+``diffjax.configs.names()`` lists them) or any config file. Without flags it trains ``quickstart`` (a small DDPM UNet on the bundled MNIST
 subset, about ten minutes on a laptop CPU) into ``./runs/quickstart``. Every config field can be
 overridden (``--config.training.batch_size=64``). Re-running the same command resumes from the
 latest checkpoint in ``DIR``; SIGTERM saves a checkpoint and stops.
@@ -30,13 +31,13 @@ import optax
 from absl import app, flags, logging
 
 from diffjax import checkpoint as ckpt_lib
+from diffjax import configs
 from diffjax import data as data_lib
 from diffjax import parallel, predictions, viz
 from diffjax import sample as sample_lib
 
 Array = jax.Array
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_CONFIG = os.path.join(_REPO, "configs", "quickstart.py")
+DEFAULT_CONFIG = configs.resolve("quickstart")
 
 
 @flax.struct.dataclass
@@ -221,14 +222,9 @@ def validate(config: Any) -> None:
 
 
 def _default_config() -> ml_collections.ConfigDict:
-    """configs/default.py, loaded by path so that no sys.path setup is needed."""
-    import importlib.util
+    from diffjax.configs import default
 
-    spec = importlib.util.spec_from_file_location("_diffjax_default_config",
-                                                  os.path.join(_REPO, "configs", "default.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return default.get_config()
 
 
 def check_workdir(workdir: str) -> None:
@@ -410,9 +406,12 @@ def train(config: Any, workdir: str) -> TrainState:
 # --- command line ----------------------------------------------------------------------------
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with a readable error for a mistyped ``--config.<field>``."""
+    """absl flag parsing with a readable error for a mistyped ``--config.<field>``; ``--config``
+    names a file or a packaged config (``diffjax.configs.resolve``)."""
     try:
-        return flags.FLAGS(argv)
+        return flags.FLAGS(configs.resolve_argv(argv))
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
     except (AttributeError, KeyError) as e:
         bad = [a for a in argv[1:] if a.startswith("--config.")]
         raise SystemExit(f"error: unknown config field in {bad}: {e}. The fields are those of the "
@@ -440,8 +439,6 @@ def main(argv: list[str]) -> None:
 def cli() -> None:
     from ml_collections import config_flags
 
-    if _REPO not in sys.path:  # the config files import `configs.default`
-        sys.path.insert(0, _REPO)
     config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "experiment config file", lock_config=True)
     flags.DEFINE_string("workdir", None, "run directory (default: ./runs/<config file name>)")
     app.run(main, flags_parser=_parse_flags)

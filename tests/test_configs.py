@@ -1,25 +1,22 @@
 """Every experiment config: its paper target, its hyper-parameters, and one real train step
 (shrunk network, a tiny local TFDS dataset) through the same code path as ``python -m diffjax.train``."""
-import glob
 import importlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import jax
 import numpy as np
 import pytest
 
 from diffjax import models, schedules, train
+from diffjax import configs
 from diffjax import sample as sample_lib
 from test_data import TinyIds
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAPER_CONFIGS = sorted(
-    os.path.relpath(p, ROOT)[:-3].replace(os.sep, ".")
-    for p in glob.glob(os.path.join(ROOT, "configs", "*", "*.py"))
-    if not p.endswith("__init__.py") and not p.endswith("common.py"))
+PAPER_CONFIGS = sorted("diffjax.configs." + n.replace("/", ".") for n in configs.names() if "/" in n)
 SHRINK = {  # small enough to compile and run one step in seconds on a CPU
     "ddpm_unet": dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,)),
     "adm": dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), num_heads=2),
@@ -35,10 +32,10 @@ def load(name):
 
 def test_all_paper_configs_are_found():
     assert set(PAPER_CONFIGS) >= {
-        "configs.ddpm.cifar10", "configs.ddpm.celebahq256", "configs.score_sde.ncsnpp_ve_cifar10",
-        "configs.score_sde.ddpmpp_vp_cifar10", "configs.score_sde.ddpmpp_subvp_cifar10",
-        "configs.ncsn.cifar10", "configs.edm.cifar10_cond", "configs.edm.cifar10_uncond",
-        "configs.improved_ddpm.cifar10", "configs.cfg.cifar10"}
+        "diffjax.configs.ddpm.cifar10", "diffjax.configs.ddpm.celebahq256", "diffjax.configs.score_sde.ncsnpp_ve_cifar10",
+        "diffjax.configs.score_sde.ddpmpp_vp_cifar10", "diffjax.configs.score_sde.ddpmpp_subvp_cifar10",
+        "diffjax.configs.ncsn.cifar10", "diffjax.configs.edm.cifar10_cond", "diffjax.configs.edm.cifar10_uncond",
+        "diffjax.configs.improved_ddpm.cifar10", "diffjax.configs.cfg.cifar10"}
 
 
 @pytest.mark.parametrize("name", PAPER_CONFIGS)
@@ -48,16 +45,16 @@ def test_paper_config_names_its_table(name):
 
 
 @pytest.mark.parametrize("name, target", [
-    ("configs.ddpm.cifar10", "3.17"), ("configs.score_sde.ncsnpp_ve_cifar10", "2.38"),
-    ("configs.score_sde.ddpmpp_vp_cifar10", "2.55"), ("configs.score_sde.ddpmpp_subvp_cifar10", "2.61"),
-    ("configs.ncsn.cifar10", "8.87"), ("configs.edm.cifar10_cond", "1.79"),
-    ("configs.edm.cifar10_uncond", "1.97"), ("configs.improved_ddpm.cifar10", "2.94")])
+    ("diffjax.configs.ddpm.cifar10", "3.17"), ("diffjax.configs.score_sde.ncsnpp_ve_cifar10", "2.38"),
+    ("diffjax.configs.score_sde.ddpmpp_vp_cifar10", "2.55"), ("diffjax.configs.score_sde.ddpmpp_subvp_cifar10", "2.61"),
+    ("diffjax.configs.ncsn.cifar10", "8.87"), ("diffjax.configs.edm.cifar10_cond", "1.79"),
+    ("diffjax.configs.edm.cifar10_uncond", "1.97"), ("diffjax.configs.improved_ddpm.cifar10", "2.94")])
 def test_paper_config_states_the_number(name, target):
     assert target in importlib.import_module(name).__doc__
 
 
 def test_ddpm_cifar10_hyperparameters_are_the_papers():
-    c = load("configs.ddpm.cifar10")
+    c = load("diffjax.configs.ddpm.cifar10")
     assert (c.training.batch_size, c.optim.lr, c.optim.warmup_steps, c.optim.grad_clip, c.optim.ema_decay) == \
         (128, 2e-4, 5000, 1.0, 0.9999)
     assert (c.model.ch, tuple(c.model.ch_mult), c.model.num_res_blocks, tuple(c.model.attn_resolutions),
@@ -68,25 +65,25 @@ def test_ddpm_cifar10_hyperparameters_are_the_papers():
 
 
 def test_edm_hyperparameters_are_the_papers():
-    c = load("configs.edm.cifar10_cond")
+    c = load("diffjax.configs.edm.cifar10_cond")
     assert (c.training.batch_size, c.optim.lr, c.optim.ema_halflife_kimg, c.optim.ema_rampup_ratio) == \
         (512, 1e-3, 500.0, 0.05)
     assert c.training.num_steps * 512 == pytest.approx(200e6, rel=1e-5)   # 200 Mimg
     assert c.optim.warmup_steps * 512 == pytest.approx(10e6, rel=1e-4)    # lr ramp over 10 Mimg
     assert (c.model.dropout, c.data.num_classes, c.sampler.name, c.sampler.steps) == (0.13, 10, "edm_heun", 18)
-    assert load("configs.edm.cifar10_uncond").data.num_classes == 0
+    assert load("diffjax.configs.edm.cifar10_uncond").data.num_classes == 0
 
 
 def test_score_sde_and_ncsn_hyperparameters_are_the_papers():
-    ve, vp, subvp = (load(f"configs.score_sde.{n}") for n in
+    ve, vp, subvp = (load(f"diffjax.configs.score_sde.{n}") for n in
                      ("ncsnpp_ve_cifar10", "ddpmpp_vp_cifar10", "ddpmpp_subvp_cifar10"))
     assert (ve.schedule.sigma_min, ve.schedule.sigma_max, ve.optim.ema_decay, ve.data.centered) == (0.01, 50.0, 0.999, False)
     assert (vp.schedule.beta_min, vp.schedule.beta_max, vp.optim.ema_decay, vp.data.centered) == (0.1, 20.0, 0.9999, True)
     assert (subvp.schedule.name, vp.schedule.name, ve.training.num_steps) == ("subvp", "vp", 1_300_000)
-    ncsn = load("configs.ncsn.cifar10")
+    ncsn = load("diffjax.configs.ncsn.cifar10")
     assert (ncsn.schedule.sigma_min, ncsn.schedule.sigma_max, ncsn.loss.num_scales, ncsn.optim.lr,
             ncsn.sampler.n_steps_each, ncsn.sampler.step_lr) == (0.01, 1.0, 10, 1e-3, 100, 2e-5)
-    iddpm = load("configs.improved_ddpm.cifar10")
+    iddpm = load("diffjax.configs.improved_ddpm.cifar10")
     assert (iddpm.schedule.name, iddpm.schedule.T, iddpm.loss.name, iddpm.loss.vlb_weight,
             iddpm.model.learn_sigma, iddpm.model.dropout, iddpm.optim.lr) == \
         ("ddpm_cosine", 4000, "hybrid", 1e-3, True, 0.3, 1e-4)
@@ -139,7 +136,7 @@ def test_paper_config_builds_and_runs_one_train_step(name, tiny_tfds, tmp_path):
         assert out.shape == (2, 8, 8, 3)
 
 
-@pytest.mark.parametrize("name", ["configs.quickstart", "configs.toy2d"])
+@pytest.mark.parametrize("name", ["diffjax.configs.quickstart", "diffjax.configs.toy2d"])
 def test_cpu_configs_build(name):
     config = load(name)
     train.validate(config)
@@ -149,7 +146,8 @@ def test_cpu_configs_build(name):
 
 
 def run_cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "diffjax.train", *args], cwd=ROOT, capture_output=True,
+    # Run from a folder outside the repository: packaged configs must be found by name or path.
+    return subprocess.run([sys.executable, "-m", "diffjax.train", *args], cwd=tempfile.gettempdir(), capture_output=True,
                           text=True, timeout=timeout, env=dict(os.environ, JAX_PLATFORMS="cpu"))
 
 
@@ -164,3 +162,17 @@ def test_unknown_config_field_is_a_clear_error(tmp_path):
 def test_mistyped_value_is_a_clear_error(tmp_path):
     proc = run_cli("--config=configs/toy2d.py", f"--workdir={tmp_path}", "--config.training.batch_size=many")
     assert proc.returncode != 0 and "batch_size" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_unknown_config_name_lists_the_packaged_configs(tmp_path):
+    proc = run_cli("--config=ddpm/cifar100", f"--workdir={tmp_path}")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "'ddpm/cifar100' is neither a file nor a packaged config" in proc.stderr
+    assert "ddpm/cifar10," in proc.stderr and "toy2d" in proc.stderr
+
+
+def test_packaged_config_resolves_by_name_and_by_repository_path():
+    by_name = configs.resolve("edm/cifar10_cond")
+    by_path = configs.resolve("configs/edm/cifar10_cond.py")  # a file in the repository root, or packaged
+    assert os.path.samefile(by_name, by_path)
+    assert os.path.dirname(os.path.dirname(by_name)) == os.path.dirname(configs.__file__)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import default
+from diffjax.configs import default
 from diffjax import data
 from diffjax.data.pipeline import to_size
 

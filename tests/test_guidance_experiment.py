@@ -17,7 +17,7 @@ from diffjax import schedules, train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
-from configs import quickstart_cfg  # noqa: E402
+from diffjax.configs import quickstart_cfg  # noqa: E402
 
 
 def test_quickstart_cfg_is_the_quickstart_made_class_conditional():

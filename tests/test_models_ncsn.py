@@ -39,7 +39,7 @@ def reference_param_count(ngf, channels=3, L=10):
 
 
 def test_cifar10_config_builds_the_papers_network_with_its_parameter_count():
-    config = importlib.import_module("configs.ncsn.cifar10").get_config()
+    config = importlib.import_module("diffjax.configs.ncsn.cifar10").get_config()
     net = models.get_model(config.model)
     assert isinstance(net, NCSN)
     assert (net.nf, net.num_scales, net.sigma_min, net.sigma_max, net.centered) == (128, 10, 0.01, 1.0, False)

@@ -2,7 +2,7 @@
 import jax
 import jax.numpy as jnp
 
-from configs import quickstart
+from diffjax.configs import quickstart
 from diffjax import sample as sample_lib
 from diffjax import schedules
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import toy2d
+from diffjax.configs import toy2d
 from diffjax import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

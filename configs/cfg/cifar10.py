@@ -6,7 +6,7 @@ transplants the paper's method onto the DDPM CIFAR-10 setup (configs/ddpm/cifar1
 is replaced by the null label with probability p_uncond = 0.1 during training (Algorithm 1), and
 samples use eps = (1 + w) eps(x, c) - w eps(x) (Algorithm 2, Eq. 6) with w = 0.1 by default.
 """
-from configs.ddpm import cifar10
+from diffjax.configs.ddpm import cifar10
 
 
 def get_config():

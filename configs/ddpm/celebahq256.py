@@ -5,7 +5,7 @@ this config reproduces the training setup of its CelebA-HQ samples: the 256x256 
 multipliers 1,1,2,2,4,4, attention at 16x16, no dropout, lr 2e-5, batch 64, EMA 0.9999,
 0.5M steps (score_sde's configs/ddpm/celebahq.py agrees).
 """
-from configs import default
+from diffjax.configs import default
 
 
 def get_config():

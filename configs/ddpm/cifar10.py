@@ -6,7 +6,7 @@ resolution, self-attention at 16x16, dropout 0.1); Adam lr 2e-4, batch 128, 5000
 gradient clipping at norm 1, EMA 0.9999, random horizontal flips, 800k steps; ancestral sampling
 (Algorithm 2) with sigma_t^2 = beta_t.
 """
-from configs import default
+from diffjax.configs import default
 
 
 def get_config():

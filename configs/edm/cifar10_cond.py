@@ -4,7 +4,7 @@ architecture: FID 1.79 at 35 NFE.
 Identical to the unconditional run (configs/edm/cifar10_uncond.py) plus the class label fed to
 the network (EDM's `--cond=1`: a label embedding added to the noise embedding; no label dropout).
 """
-from configs.edm import cifar10_uncond
+from diffjax.configs.edm import cifar10_uncond
 
 
 def get_config():

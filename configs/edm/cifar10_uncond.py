@@ -10,7 +10,7 @@ gradients by zero instead).
 Not reproduced: EDM's non-leaking augmentation pipeline (p = 0.12, with augmentation labels fed
 to the network), which Table 2's CIFAR-10 numbers use.
 """
-from configs import default
+from diffjax.configs import default
 
 _BATCH = 512
 

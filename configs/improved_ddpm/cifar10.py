@@ -11,7 +11,7 @@ outputs eps and the variance interpolation v (Eq. 15), trained on L_simple + 0.0
 3.1) with the stop-gradient on the mean in L_vlb; EMA 0.9999; attention at 16 and 8, 4 heads;
 no warm-up or clipping in improved-diffusion.
 """
-from configs import default
+from diffjax.configs import default
 
 
 def get_config():

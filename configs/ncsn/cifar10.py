@@ -6,7 +6,7 @@ conditional instance norm++ (128 filters), Adam lr 1e-3, batch 128, 200k iterati
 no clipping; annealed Langevin dynamics (Algorithm 1) with T = 100 steps per level and
 epsilon = 2e-5.
 """
-from configs import default
+from diffjax.configs import default
 
 
 def get_config():

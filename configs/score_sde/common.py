@@ -4,7 +4,7 @@ score_sde's default_cifar10_configs: batch 128, 1.3M iterations, Adam lr 2e-4, 5
 steps, gradient clipping at 1, random flips; the continuous-time DSM loss (Eq. 7) with
 t ~ U(eps, 1).
 """
-from configs import default
+from diffjax.configs import default
 
 
 def get_config(sde: str):

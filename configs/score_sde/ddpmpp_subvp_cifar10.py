@@ -3,7 +3,7 @@
 score_sde's configs/subvp/cifar10_ddpmpp_continuous.py: as the VP experiment with the sub-VP SDE
 (Eq. 29); Table 2 gives its probability-flow likelihood, 3.02 bits/dim.
 """
-from configs.score_sde import ddpmpp_vp_cifar10
+from diffjax.configs.score_sde import ddpmpp_vp_cifar10
 
 
 def get_config():

@@ -5,7 +5,7 @@ DDPM++ (NCSN++ backbone without FIR and progressive paths, positional time embed
 0.9999, loss averaged over pixels; PC sampling with the Euler-Maruyama predictor, no corrector.
 The probability-flow likelihood of this model is Table 2's 3.16 bits/dim.
 """
-from configs.score_sde import common
+from diffjax.configs.score_sde import common
 
 
 def get_config():

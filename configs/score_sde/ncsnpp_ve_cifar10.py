@@ -5,7 +5,7 @@ NCSN++ with FIR up/down-sampling, BigGAN residual blocks, residual progressive i
 Fourier time embedding (scale 16), output scaled by 1/sigma; EMA 0.999; loss summed over pixels;
 PC sampling with the reverse-diffusion predictor and Langevin corrector (snr 0.16, 1000 steps).
 """
-from configs.score_sde import common
+from diffjax.configs.score_sde import common
 
 
 def get_config():

@@ -1,4 +1,4 @@
-"""``python -m diffjax.models --config=configs/ddpm/cifar10.py``: parameters and FLOPs of a model.
+"""``python -m diffjax.models --config=ddpm/cifar10``: parameters and FLOPs of a model.
 
 Builds ``config.model`` for inputs of shape (1, data.image_size, data.image_size,
 data.num_channels) (or (1, data.num_channels) for vector data, ``data.image_size`` 0 or absent;
@@ -44,7 +44,7 @@ def main(argv) -> None:
     del argv
     config = _CONFIG.value
     if config is None:
-        raise app.UsageError("pass --config=FILE")
+        raise app.UsageError("pass --config=NAME or FILE (e.g. ddpm/cifar10)")
     model = get_model(config.model)
     shape = input_shape(config)
     kwargs = {}
@@ -63,5 +63,16 @@ def main(argv) -> None:
           f"{jax.default_backend()}, {time.perf_counter() - start:.1f}s)")
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    from absl import flags
+
+    from diffjax import configs
+
+    try:
+        return flags.FLAGS(configs.resolve_argv(argv))
+    except (ValueError, flags.Error) as e:
+        raise SystemExit(f"error: {e}")
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
