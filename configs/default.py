@@ -28,7 +28,10 @@ def get_config() -> ml_collections.ConfigDict:
     training.batch_size = 128            # global batch over all hosts and devices
     training.log_every = 100
     training.checkpoint_every = 10_000
-    training.keep_checkpoints = 3
+    training.keep_checkpoints = 3        # the most recent ones ...
+    training.keep_period = 0             # ... and every multiple of this step (0: none)
+    training.nonfinite = "skip"          # non-finite loss/update: "skip" the update, or "stop"
+    training.max_consecutive_nonfinite = 10  # "skip": stop after this many in a row
     training.sample_every = 50_000       # also at the last step; 0: never
     training.num_grid_samples = 64       # images in the periodic sample grid
     training.steps_per_call = 1          # train steps fused into one compiled call (lax.scan)
@@ -46,6 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.random_flip = True
     data.resize = "resize"               # "resize" (centre-crop then resize) or "pad" (zero-pad)
     data.centered = True                 # True: [-1, 1]; False: [0, 1] (score_sde VE models)
+    data.num_workers = 0                 # grain worker processes reading ahead (0: threads of this process)
 
     config.model = model = ml_collections.ConfigDict()
     model.name = "ddpm_unet"
@@ -84,6 +88,11 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.parallel = parallel = ml_collections.ConfigDict()
     parallel.fsdp = 1                    # size of the fsdp mesh axis; data axis gets the rest
-    parallel.distributed = False         # call jax.distributed.initialize() (multi-host)
+    # Multi-host: set the three below (see README, "Several hosts"), or distributed=True to let
+    # jax.distributed.initialize() read them from the cluster (TPU pods, SLURM, ...).
+    parallel.distributed = False
+    parallel.coordinator_address = ml_collections.config_dict.placeholder(str)  # "host:port" of process 0
+    parallel.num_processes = ml_collections.config_dict.placeholder(int)
+    parallel.process_id = ml_collections.config_dict.placeholder(int)
 
     return config

@@ -3,8 +3,10 @@
 The mesh has two axes: ``data`` and ``fsdp``. The batch is split over both (every device sees
 ``global_batch / num_devices`` examples); parameters are replicated, or with ``fsdp > 1`` each
 large array is split along one of its dimensions over the ``fsdp`` axis (ZeRO-3 style), and XLA
-inserts the gathers. Multi-host runs call :func:`initialize` first; each host then feeds its own
-slice of the global batch (``jax.make_array_from_process_local_data``).
+inserts the gathers. Multi-process runs (several hosts, or several processes on one machine)
+call :func:`initialize` first, from ``config.parallel`` (coordinator, process count and id, or the
+cluster environment); each process then feeds its own slice of the global batch
+(``jax.make_array_from_process_local_data``).
 """
 from __future__ import annotations
 
@@ -18,10 +20,25 @@ BATCH_AXES = ("data", "fsdp")
 _MIN_FSDP_SIZE = 2 ** 14  # arrays smaller than this stay replicated
 
 
-def initialize(distributed: bool) -> None:
-    """``jax.distributed.initialize()`` (coordinator from the cluster environment) when asked."""
-    if distributed:
-        jax.distributed.initialize()
+PROCESS_FIELDS = ("coordinator_address", "num_processes", "process_id")
+
+
+def initialize(distributed: bool = False, coordinator_address: str | None = None,
+               num_processes: int | None = None, process_id: int | None = None) -> None:
+    """Join a multi-process run, before any JAX computation: with the coordinator (``host:port``
+    of process 0), process count and this process's id as given, or with ``distributed`` alone
+    from the cluster environment (TPU pod slices, SLURM, Open MPI); else do nothing."""
+    given = {k: v for k, v in zip(PROCESS_FIELDS, (coordinator_address, num_processes, process_id))
+             if v is not None}
+    if not (given or distributed) or jax.distributed.is_initialized():
+        return
+    try:
+        jax.distributed.initialize(**given)
+    except Exception as e:  # noqa: BLE001  (jax raises RuntimeError/ValueError by cluster type)
+        settings = ", ".join(f"parallel.{k}={v!r}" for k, v in given.items()) or "parallel.distributed=True"
+        raise ValueError(f"could not join the multi-process run ({settings}): {str(e).strip().splitlines()[0]}; "
+                         "set parallel.coordinator_address, parallel.num_processes and parallel.process_id, "
+                         "or run under a cluster JAX detects (TPU pod, SLURM)") from None
 
 
 def make_mesh(fsdp: int = 1, devices: Any = None) -> Mesh:

@@ -37,6 +37,12 @@ def _is_concrete(t: Any) -> bool:
     return not isinstance(t, jax.core.Tracer)
 
 
+def _as_float(v: Any) -> Array:
+    """``v`` as an array of its own float type (float64 stays float64 under x64), else JAX's default float."""
+    v = jnp.asarray(v)
+    return v if jnp.issubdtype(v.dtype, jnp.floating) else v.astype(jnp.result_type(float))
+
+
 def _elementwise_derivative(fn: Callable[[Array], Array], t: Array) -> Array:
     t = jnp.asarray(t, jnp.float32)
     _, dt = jax.jvp(fn, (t,), (jnp.ones_like(t),))
@@ -61,7 +67,7 @@ class Schedule:
                 raise ValueError(
                     f"{type(self).__name__}: time must lie in [0, {self.t_max}], "
                     f"got values in [{a.min()}, {a.max()}]")
-        return jnp.asarray(t, jnp.float32)
+        return _as_float(t)
 
     # --- marginals -------------------------------------------------------------------------
     def alpha(self, t: Any) -> Array:
@@ -79,7 +85,7 @@ class Schedule:
 
     def t_from_log_snr(self, lam: Any) -> Array:
         """Inverse of ``log_snr`` (used by DPM-Solver to place steps uniformly in lambda)."""
-        return self._t_from_log_snr(jnp.asarray(lam, jnp.float32))
+        return self._t_from_log_snr(_as_float(lam))
 
     def _t_from_log_snr(self, lam: Array) -> Array:
         # Bisection on the monotone log-SNR; subclasses with a closed form override this.

@@ -4,7 +4,9 @@
 ``diffjax.configs.names()`` lists them) or any config file. Without flags it trains ``quickstart`` (a small DDPM UNet on the bundled MNIST
 subset, about ten minutes on a laptop CPU) into ``./runs/quickstart``. Every config field can be
 overridden (``--config.training.batch_size=64``). Re-running the same command resumes from the
-latest checkpoint in ``DIR``; SIGTERM saves a checkpoint and stops.
+newest good checkpoint in ``DIR`` (a damaged one is set aside as ``<step>.damaged-<reason>``);
+SIGTERM or Ctrl-C saves a checkpoint and stops. A non-finite loss or update is skipped on device;
+``training.max_consecutive_nonfinite`` of them in a row stop the run (``training.nonfinite``).
 
 ``DIR`` receives ``checkpoints/`` (Orbax), ``tb/`` (TensorBoard scalars), ``metrics.jsonl``
 (one JSON object per logged step), ``samples/step_<N>.png`` (sample grids, or for 2D data a
@@ -34,7 +36,7 @@ from diffjax import checkpoint as ckpt_lib
 from diffjax import configs
 from diffjax import data as data_lib
 from diffjax import parallel, predictions, viz
-from diffjax import sample as sample_lib
+from diffjax import sampling
 
 Array = jax.Array
 DEFAULT_CONFIG = configs.resolve("quickstart")
@@ -47,6 +49,8 @@ class TrainState:
     ema_params: Any
     opt_state: Any
     key: Array           # raw uint32[2] PRNG key, split once per step
+    nonfinite_run: Array    # int32: consecutive steps skipped for a non-finite loss or update
+    nonfinite_total: Array  # int32: steps skipped so far
 
 
 # --- optimisation ------------------------------------------------------------------------
@@ -104,11 +108,17 @@ def build(config: Any) -> tuple[Any, Any, Callable, optax.GradientTransformation
     """The network, schedule, loss and optimiser named by ``config`` (no compute)."""
     from diffjax import losses, models, schedules
 
-    model_config = config.model
+    net = models.get_model(config.model)
     if config.training.compute_dtype != "float32":
         model_config = ml_collections.ConfigDict(config.model.to_dict())
         model_config.dtype = config.training.compute_dtype
-    return (models.get_model(model_config), schedules.get(config.schedule),
+        try:
+            net = models.get_model(model_config)
+        except ValueError:
+            raise ValueError(f"training.compute_dtype={config.training.compute_dtype!r}: model "
+                             f"{config.model.name!r} has no dtype argument (it computes in float32); "
+                             "set training.compute_dtype='float32'") from None
+    return (net, schedules.get(config.schedule),
             losses.get(config.loss, prediction=config.model.prediction), make_optimizer(config.optim))
 
 
@@ -122,8 +132,9 @@ def init_state(config: Any, net: Any, tx: optax.GradientTransformation, key: Arr
     init_key, dropout_key, state_key = jax.random.split(key, 3)
     x, noise_labels, y = _dummy_inputs(config)
     params = net.init({"params": init_key, "dropout": dropout_key}, x, noise_labels, y=y, train=False)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params), key=state_key)
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(step=zero, params=params, ema_params=jax.tree.map(jnp.copy, params),
+                      opt_state=tx.init(params), key=state_key, nonfinite_run=zero, nonfinite_total=zero)
 
 
 def _conditioning(config: Any, batch: dict, key: Array) -> Array | None:
@@ -152,7 +163,7 @@ def make_train_step(config: Any, net: Any, schedule: Any, loss_fn: Callable,
         dropout_key, loss_key, cond_key = jax.random.split(key, 3)
         y = _conditioning(config, batch, cond_key)
         fn = predictions.model_fn(
-            sample_lib.network_fn(net, params, y, train=True, dropout_key=dropout_key), schedule)
+            sampling.network_fn(net, params, y, train=True, dropout_key=dropout_key), schedule)
         return loss_fn(fn, batch["image"], loss_key, schedule)
 
     grad_fn = jax.value_and_grad(loss_of, has_aux=True)
@@ -180,9 +191,17 @@ def make_train_step(config: Any, net: Any, schedule: Any, loss_fn: Callable,
         params = optax.apply_updates(state.params, updates)
         decay = ema_decay(config.optim, state.step, config.training.batch_size)
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+        # A non-finite loss or update is skipped on device (no host round trip): the step and
+        # the key advance, params, EMA and optimiser state stay; the loop reads the counters.
+        ok = all_finite((loss, params, opt_state))
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
+        run = jnp.where(ok, 0, state.nonfinite_run + 1)
         metrics = {"loss": loss, **{f"loss/{k}": v for k, v in terms.items()},
-                   "grad_norm": optax.tree.norm(grads), "lr": lr_fn(state.step), "ema_decay": decay}
-        return TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state, key=key), metrics
+                   "grad_norm": optax.tree.norm(grads), "lr": lr_fn(state.step), "ema_decay": decay,
+                   "skipped": 1.0 - ok.astype(jnp.float32)}
+        return TrainState(step=state.step + 1, params=keep(params, state.params), ema_params=keep(ema, state.ema_params),
+                          opt_state=keep(opt_state, state.opt_state), key=key, nonfinite_run=run,
+                          nonfinite_total=state.nonfinite_total + (1 - ok.astype(jnp.int32))), metrics
 
     if config.training.steps_per_call == 1:
         return one_step
@@ -192,6 +211,12 @@ def make_train_step(config: Any, net: Any, schedule: Any, loss_fn: Callable,
         return state, jax.tree.map(jnp.mean, metrics)
 
     return several_steps
+
+
+def all_finite(tree: Any) -> Array:
+    """Whether every floating-point value of ``tree`` is finite (a scalar bool, on device)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+                              if jnp.issubdtype(x.dtype, jnp.inexact)]))
 
 
 # --- validation (before any compute) --------------------------------------------------------
@@ -219,6 +244,27 @@ def validate(config: Any) -> None:
         raise ValueError(f"model.prediction must be one of {predictions.KINDS}, got {config.model.prediction!r}")
     if t.cond_drop_prob > 0 and not config.data.num_classes:
         raise ValueError("training.cond_drop_prob > 0 needs a class-conditional model (data.num_classes > 0)")
+    if t.nonfinite not in ("skip", "stop"):
+        raise ValueError(f"training.nonfinite must be 'skip' or 'stop', got {t.nonfinite!r}")
+    if t.max_consecutive_nonfinite < 1 or t.keep_period < 0:
+        raise ValueError("training.max_consecutive_nonfinite must be positive and training.keep_period "
+                         f"non-negative, got {t.max_consecutive_nonfinite} and {t.keep_period}")
+    _validate_optim(config.optim)
+    from diffjax import evaluate
+
+    evaluate.eval_options(config)  # unknown eval.metrics
+    sampling.check_sampler(config)  # the sample grids' sampler and its options
+
+
+def _validate_optim(optim: Any) -> None:
+    positive, non_negative = (lambda v: v > 0, "> 0"), (lambda v: v >= 0, ">= 0")
+    ranges = {"lr": positive, "eps": positive, "weight_decay": non_negative, "grad_clip": non_negative,
+              "warmup_steps": non_negative, "ema_halflife_kimg": non_negative, "ema_rampup_ratio": non_negative,
+              "beta1": (lambda v: 0 <= v < 1, "in [0, 1)"), "beta2": (lambda v: 0 <= v < 1, "in [0, 1)"),
+              "ema_decay": (lambda v: 0 <= v <= 1, "in [0, 1]")}
+    for name, (ok, expected) in ranges.items():
+        if not ok(optim[name]):
+            raise ValueError(f"optim.{name} must be {expected}, got {optim[name]}")
 
 
 def _default_config() -> ml_collections.ConfigDict:
@@ -241,13 +287,18 @@ def check_workdir(workdir: str) -> None:
 # --- the loop ------------------------------------------------------------------------------
 
 class _Stop:
-    """Set by SIGTERM; the loop saves a checkpoint and returns at the next step boundary."""
+    """Set by SIGTERM or SIGINT (Ctrl-C); the loop saves a checkpoint and returns at the next
+    step boundary."""
 
     def __init__(self):
-        self.requested = False
+        self.requested = None
 
     def __call__(self, signum, frame):
-        self.requested = True
+        self.requested = signal.Signals(signum).name
+
+
+class NonFiniteError(RuntimeError):
+    """Training stopped on non-finite losses or updates (``training.nonfinite``), said in one line."""
 
 
 class _Logger:
@@ -260,8 +311,15 @@ class _Logger:
         from tensorboardX import SummaryWriter
         from tqdm import tqdm
 
-        self.tb = SummaryWriter(os.path.join(workdir, "tb"))
-        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        # A resumed run redoes the steps after its checkpoint: drop what they logged before.
+        self.tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=initial + 1 if initial else None)
+        path = os.path.join(workdir, "metrics.jsonl")
+        if os.path.exists(path):
+            with open(path) as f:
+                kept = [line for line in f if _keep_record(line, initial)]
+            with open(path, "w") as f:
+                f.writelines(kept)
+        self.jsonl = open(path, "a")
         self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
 
     def advance(self, n: int) -> None:
@@ -283,6 +341,16 @@ class _Logger:
             self.bar.close()
             self.tb.close()
             self.jsonl.close()
+
+
+def _keep_record(line: str, step: int) -> bool:
+    """A metrics.jsonl line to keep when resuming at ``step``: evaluations, and training
+    records up to ``step``."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False  # a line cut short by a kill
+    return record.get("step", 0) <= step or any(k.startswith("eval/") for k in record)
 
 
 def _say(message: str) -> None:
@@ -318,31 +386,64 @@ class Run:
 
     def __init__(self, config: Any, workdir: str):
         validate(config)
-        parallel.initialize(config.parallel.distributed)
+        parallel.initialize(config.parallel.distributed,
+                            **{k: config.parallel.get(k) for k in parallel.PROCESS_FIELDS})
         check_workdir(workdir)
         self.config, self.workdir = config, workdir
+        t = config.training
         self.mesh = parallel.make_mesh(config.parallel.fsdp)
-        parallel.check_batch_size(config.training.batch_size, self.mesh, config.training.grad_accum)
+        parallel.check_batch_size(t.batch_size, self.mesh, t.grad_accum)
         self.config_dict = json.loads(json.dumps(config.to_dict()))
-        self.checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                                  config.training.keep_checkpoints)
-        self.checkpointer.check_compatible(self.config_dict)
+        self.checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints,
+                                                  keep_period=t.keep_period)
         self.is_main = jax.process_index() == 0
-        self.loader = data_lib.get_dataset(config, config.training.batch_size // jax.process_count(),
+        self.loader = data_lib.get_dataset(config, t.batch_size // jax.process_count(),
                                            jax.process_index(), jax.process_count())
         self.net, self.schedule, self.loss_fn, self.tx = build(config)
+        self._init = lambda: init_state(config, self.net, self.tx, jax.random.PRNGKey(config.seed))  # noqa: E731
+        abstract = jax.eval_shape(self._init)
+        self.shardings = parallel.state_sharding(abstract, self.mesh)
+        # The newest good checkpoint (damaged ones are set aside), read into this mesh.
+        try:
+            self.resumed = self.checkpointer.restore_latest(
+                jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, self.shardings),
+                self.config_dict, say=_say)
+        except ValueError:
+            self.checkpointer.close()
+            raise
+        if self.resumed and (changed := ckpt_lib.changes(self.resumed[3], self.config_dict)):
+            _say(f"note: resuming step {self.resumed[0]} with {', '.join(changed)}: the run continues, "
+                 "but differs from one trained with the new settings throughout")
 
     def initial_state(self) -> TrainState:
-        """A fresh state, or the latest checkpoint's (which also repositions the data iterator)."""
-        init = lambda: init_state(self.config, self.net, self.tx, jax.random.PRNGKey(self.config.seed))  # noqa: E731
-        self.shardings = parallel.state_sharding(jax.eval_shape(init), self.mesh)
-        state = jax.jit(init, out_shardings=self.shardings)()
-        start = self.checkpointer.latest_step()
-        if start is not None:
-            state, data_state = self.checkpointer.restore(start, state)
-            self.loader.restore(data_state)
-            _say(f"resumed from {self.checkpointer.directory} at step {start} (data position {self.loader.position})")
+        """A fresh state, or the newest good checkpoint's (which also repositions the data iterator)."""
+        if self.resumed is None:
+            return jax.jit(self._init, out_shardings=self.shardings)()
+        step, state, data_state, _ = self.resumed
+        self.loader.restore(data_state)
+        _say(f"resumed from {self.checkpointer.directory} at step {step} (data position {self.loader.position})")
         return state
+
+    def _check_nonfinite(self, state: TrainState, step: int) -> None:
+        """Read the non-finite counters (one small transfer, at log, save and every
+        ``max_consecutive_nonfinite`` steps) and stop as ``training.nonfinite`` says."""
+        t = self.config.training
+        run, total = (int(x) for x in jax.device_get((state.nonfinite_run, state.nonfinite_total)))
+        if total > self._skipped:
+            _say(f"step {step}: {total - self._skipped} step(s) skipped for a non-finite loss or update "
+                 f"({total} in all)")
+        if (t.nonfinite == "stop" and total > self._skipped) or run >= t.max_consecutive_nonfinite:
+            self.checkpointer.wait()
+            last = self.checkpointer.latest_step()
+            first_bad = step - run + 1 if run else step
+            raise NonFiniteError(
+                f"non-finite loss or update at step {first_bad}" + (f" and the {run - 1} after it" if run > 1 else "")
+                + f" (training.nonfinite={t.nonfinite!r}, max_consecutive_nonfinite={t.max_consecutive_nonfinite}); "
+                "stopped without saving; last good checkpoint: "
+                + (f"step {last} in {self.checkpointer.directory}" if last is not None else "none yet")
+                + f"; likely causes: a learning rate too high (optim.lr={self.config.optim.lr}), no or loose "
+                f"gradient clipping (optim.grad_clip={self.config.optim.grad_clip}), or NaN/inf in the data")
+        self._skipped = total
 
     def loop(self, state: TrainState) -> TrainState:
         config, workdir, loader, mesh = self.config, self.workdir, self.loader, self.mesh
@@ -357,14 +458,15 @@ class Run:
         leading = 1 if t.steps_per_call > 1 else 0
         step_fn = parallel.jit_step(make_train_step(config, self.net, self.schedule, self.loss_fn, self.tx),
                                     self.shardings, mesh, leading)
-        draw = sample_lib.make_sampler(config, self.net, self.schedule)
+        draw = sampling.make_sampler(config, self.net, self.schedule)
         sample_fn = jax.jit(lambda params, key: draw(params, key, t.num_grid_samples),
                             out_shardings=parallel.replicated(mesh))
 
         stop = _Stop()
-        previous_handler = signal.signal(signal.SIGTERM, stop)
+        previous_handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         logger = _Logger(workdir, t.num_steps, step, self.is_main)
         window_start, window_images = time.time(), 0
+        self._skipped = int(state.nonfinite_total)
         try:
             while step < t.num_steps and not stop.requested:
                 batches = [next(loader) for _ in range(t.steps_per_call)]
@@ -373,28 +475,40 @@ class Run:
                 before, step = step, step + t.steps_per_call
                 window_images += t.steps_per_call * t.batch_size
                 logger.advance(t.steps_per_call)
-                if _crossed(before, step, t.log_every) or before == first:
+                log = _crossed(before, step, t.log_every) or before == first
+                save = _crossed(before, step, t.checkpoint_every)
+                if log or save or _crossed(before, step, t.max_consecutive_nonfinite):
+                    self._check_nonfinite(state, step)
+                if log:
                     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     metrics["images_per_sec"] = window_images / max(time.time() - window_start, 1e-9)
                     logger.write(step, metrics)
                     window_start, window_images = time.time(), 0
-                if _crossed(before, step, t.checkpoint_every):
+                if save:
                     self.checkpointer.save(step, state, loader.state(), self.config_dict)
-                if t.sample_every and (_crossed(before, step, t.sample_every) or step == t.num_steps):
-                    path = _write_samples(config, sample_fn, state.ema_params, step, workdir, loader,
-                                          self.is_main)
-                    _say(f"step {step}: samples in {path}")
+                if t.sample_every and _crossed(before, step, t.sample_every) and step != t.num_steps:
+                    self._samples(sample_fn, state, step)
+            self._check_nonfinite(state, step)
             if stop.requested:
-                _say(f"SIGTERM: saving a checkpoint at step {step} and stopping")
+                _say(f"{stop.requested}: saving a checkpoint at step {step} and stopping")
             if self.checkpointer.latest_step() != step:
                 self.checkpointer.save(step, state, loader.state(), self.config_dict, force=True)
             self.checkpointer.wait()
             _say(f"checkpoint of step {step} in {self.checkpointer.directory}")
+            if t.sample_every and step == t.num_steps and not stop.requested:  # after the save: a bad grid loses nothing
+                self._samples(sample_fn, state, step)
         finally:
             self.checkpointer.close()
+            self.loader.close()
             logger.close()
-            signal.signal(signal.SIGTERM, previous_handler)
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
         return state
+
+    def _samples(self, sample_fn: Callable, state: TrainState, step: int) -> None:
+        path = _write_samples(self.config, sample_fn, state.ema_params, step, self.workdir, self.loader,
+                              self.is_main)
+        _say(f"step {step}: samples in {path}")
 
 
 def train(config: Any, workdir: str) -> TrainState:
@@ -430,10 +544,13 @@ def main(argv: list[str]) -> None:
     config_path = config_flags.get_config_filename(flags.FLAGS["config"])
     workdir = flags.FLAGS.workdir or os.path.join("runs", os.path.splitext(os.path.basename(config_path))[0])
     try:
-        run = Run(flags.FLAGS.config, workdir)
-    except ValueError as e:  # bad settings, found before any compute
+        run = Run(flags.FLAGS.config, workdir)  # bad settings and checkpoints, found before any compute
+    except ValueError as e:
         raise SystemExit(f"error: {e}")
-    run.loop(run.initial_state())
+    try:
+        run.loop(run.initial_state())
+    except (ckpt_lib.CheckpointError, NonFiniteError) as e:
+        raise SystemExit(f"error: {e}")
 
 
 def cli() -> None:

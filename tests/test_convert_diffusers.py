@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from diffjax.convert.diffusers_unet import convert_state_dict, load_pretrained, load_state_dict, model_from_config
+from diffjax.models import get_model
 
 pytestmark = pytest.mark.peer
 diffusers = pytest.importorskip("diffusers")
@@ -84,14 +85,14 @@ def test_files_folders_and_pre_0_15_attention_names_load(tmp_path):
 def test_another_architecture_is_rejected_naming_keys_and_shapes():
     model = model_from_config(SMALL_COND)
     deeper = _torch_unet(dict(SMALL_COND, layers_per_block=2)).state_dict()
-    with pytest.raises(ValueError, match=r"unexpected in the state dict \(84\): .*down_blocks\.0\.resnets\.1\.norm1\.weight"):
+    with pytest.raises(ValueError, match=r"unexpected in the checkpoint \(84\): .*down_blocks\.0\.resnets\.1\.norm1\.weight"):
         convert_state_dict(deeper, model)
     wider = _torch_unet(dict(SMALL_COND, block_out_channels=[32, 96])).state_dict()
     with pytest.raises(ValueError, match=r"shape mismatch \(\d+\): down_blocks\.1\.attentions\.0\.group_norm\.weight: "
                                          r"checkpoint \(96,\) \(as \(96,\)\) vs model \(64,\)"):
         convert_state_dict(wider, model)
     partial = {k: v for k, v in _torch_unet(SMALL_COND).state_dict().items() if not k.startswith("conv_out")}
-    with pytest.raises(ValueError, match=r"missing in the state dict \(2\): conv_out/bias; conv_out/kernel"):
+    with pytest.raises(ValueError, match=r"missing in the checkpoint \(2\): conv_out/bias; conv_out/kernel"):
         convert_state_dict(partial, model)
 
 
@@ -104,3 +105,19 @@ def test_another_architecture_is_rejected_naming_keys_and_shapes():
 def test_configs_the_ddpm_unet_cannot_express_are_refused(change, message):
     with pytest.raises(ValueError, match=message):
         model_from_config(dict(SMALL_COND, **change))
+
+
+def test_command_line_writes_a_run_that_load_run_reads(tmp_path):
+    from diffjax import sample
+    from diffjax.convert import __main__ as entry
+
+    net = _torch_unet(SMALL_COND)
+    net.save_pretrained(tmp_path / "pipeline" / "unet")
+    entry.main([str(tmp_path / "pipeline"), str(tmp_path / "run")])  # python -m diffjax.convert IN OUT
+    config, params, step = sample.load_run(str(tmp_path / "run"))
+    assert step == 0 and config.model.name == "ddpm_unet" and config.data.num_classes == 10
+    model = model_from_config(SMALL_COND)
+    expected = convert_state_dict(net.state_dict(), model)
+    for p, q in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_array_equal(p, q)
+    assert get_model(config.model) == model

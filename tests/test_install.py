@@ -2,6 +2,7 @@
 samples from a folder that is not the repository (the configs travel inside the package)."""
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,10 +14,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_wheel_installed_elsewhere_trains_and_samples_from_another_folder(tmp_path):
-    wheels, site, work = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
+    source, wheels, site, work = (tmp_path / d for d in ("source", "wheels", "site", "elsewhere"))
     work.mkdir()
+    # Build from a copy: setuptools' build/ folder in the repository may hold stale modules.
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "runs", "*.egg-info", "__pycache__", "tests", "colab", "bench"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(wheels), str(ROOT)], check=True, capture_output=True, timeout=300)
+                    "-w", str(wheels), str(source)], check=True, capture_output=True, timeout=300)
     (wheel,) = wheels.glob("diffjax-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "diffjax/configs/ddpm/cifar10.py" in names and "diffjax/configs/quickstart.py" in names

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +36,7 @@ WORKER = textwrap.dedent("""
         err = jnp.mean((model_fn(0.8 * x0, jnp.full((x0.shape[0],), 0.5)) - x0) ** 2)
         return err, {"mse": err}
 
-    def run(mesh, *, grad_accum=1, steps_per_call=1, steps=3, loss=loss_fn):
+    def run(mesh, *, grad_accum=1, steps_per_call=1, steps=3, loss=loss_fn, hidden=32):
         config = default.get_config()
         config.data.source = "toy:8gaussians"
         config.training.batch_size = 64
@@ -43,7 +44,7 @@ WORKER = textwrap.dedent("""
         config.training.steps_per_call = steps_per_call
         config.optim.warmup_steps = 2
         config.optim.lr = 1e-2
-        net = MLP(hidden=32, depth=2)
+        net = MLP(hidden=hidden, depth=2)
         schedule = schedules.get({"name": "vp"})
         tx = train.make_optimizer(config.optim)
         init = lambda: train.init_state(config, net, tx, jax.random.PRNGKey(0))
@@ -53,35 +54,44 @@ WORKER = textwrap.dedent("""
         step = parallel.jit_step(train.make_train_step(config, net, schedule, loss, tx), shardings, mesh, leading)
         rng = np.random.default_rng(0)
         batches = [{"image": rng.normal(size=(64, 2)).astype(np.float32)} for _ in range(steps)]
+        if not steps:
+            return jax.device_get(state), {}, []
         for i in range(0, steps, steps_per_call):
             chunk = batches[i:i + steps_per_call]
             batch = chunk[0] if not leading else {"image": np.stack([b["image"] for b in chunk])}
             state, metrics = step(state, parallel.global_batch(batch, mesh, leading))
-        return jax.device_get(state), {k: float(v) for k, v in metrics.items()}
+        # (full shape, shape of one device's shard) of every array after the steps
+        shards = [(list(x.shape), list(x.addressable_shards[0].data.shape)) for x in jax.tree.leaves(state)]
+        return jax.device_get(state), {k: float(v) for k, v in metrics.items()}, shards
 
     def max_diff(a, b):
         return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
                    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
     devices = jax.devices()
-    single, m1 = run(parallel.make_mesh(1, devices[:1]))
-    data8, m8 = run(parallel.make_mesh(1, devices))
-    fsdp, _ = run(parallel.make_mesh(2, devices))
-    sharded_spec = str(parallel.state_sharding(single.params, parallel.make_mesh(2, devices)))
+    single, m1, _ = run(parallel.make_mesh(1, devices[:1]))
+    data8, m8, _ = run(parallel.make_mesh(1, devices))
+    # hidden=128: the 128x128 kernels (and their Adam moments) reach parallel._MIN_FSDP_SIZE
+    wide, m_wide, _ = run(parallel.make_mesh(1, devices[:1]), hidden=128)
+    fsdp, m_fsdp, fsdp_shards = run(parallel.make_mesh(2, devices), hidden=128)
     out = {
         "data8_params": max_diff(single.params, data8.params),
         "data8_ema": max_diff(single.ema_params, data8.ema_params),
         "data8_opt": max_diff(single.opt_state, data8.opt_state),
-        "fsdp_params": max_diff(single.params, fsdp.params),
+        "fsdp_params": max_diff(wide.params, fsdp.params),
+        "fsdp_ema": max_diff(wide.ema_params, fsdp.ema_params),
+        "fsdp_opt": max_diff(wide.opt_state, fsdp.opt_state),
+        "fsdp_moved": max_diff(wide.params, run(parallel.make_mesh(1, devices[:1]), hidden=128, steps=0)[0].params),
+        "loss_wide": m_wide["loss"], "loss_fsdp": m_fsdp["loss"],
+        "fsdp_split": [s for s in fsdp_shards if s[0] != s[1]],
         "loss_single": m1["loss"], "loss_data8": m8["loss"],
         "step": int(data8.step),
-        "fsdp_split": "'fsdp'" in sharded_spec,
     }
-    scanned, _ = run(parallel.make_mesh(1, devices), steps_per_call=3)
+    scanned, _, _ = run(parallel.make_mesh(1, devices), steps_per_call=3)
     out["scan_params"] = max_diff(single.params, scanned.params)
     out["scan_step"] = int(scanned.step)
-    whole, _ = run(parallel.make_mesh(1, devices), loss=deterministic_loss)
-    accum, _ = run(parallel.make_mesh(1, devices), grad_accum=2, loss=deterministic_loss)
+    whole, _, _ = run(parallel.make_mesh(1, devices), loss=deterministic_loss)
+    accum, _, _ = run(parallel.make_mesh(1, devices), grad_accum=2, loss=deterministic_loss)
     out["accum_params"] = max_diff(whole.params, accum.params)
     try:
         parallel.check_batch_size(12, parallel.make_mesh(1, devices))
@@ -96,7 +106,7 @@ WORKER = textwrap.dedent("""
 def result():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", WORKER], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=240)
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][0]
     print(line)
@@ -112,8 +122,14 @@ def test_data_parallel_step_equals_single_device_step(result):
 
 
 def test_fsdp_sharded_step_equals_single_device_step(result):
-    assert result["fsdp_split"], "no parameter was split over the fsdp axis"
+    # the 128x128 kernels (and their Adam moments) are really split in two over the fsdp axis
+    halved = [full for full, shard in result["fsdp_split"] if np.prod(shard) * 2 == np.prod(full)]
+    assert [128, 128] in halved, result["fsdp_split"]
+    assert result["fsdp_moved"] > 1e-3  # the three steps changed the parameters: the comparison means something
     assert result["fsdp_params"] < 1e-5
+    assert result["fsdp_ema"] < 1e-5
+    assert result["fsdp_opt"] < 1e-5
+    assert abs(result["loss_wide"] - result["loss_fsdp"]) < 1e-5
 
 
 def test_several_steps_per_call_equal_single_steps(result):

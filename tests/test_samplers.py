@@ -142,22 +142,21 @@ def test_adaptive_ode_reports_its_function_evaluations_and_tightens_with_rtol():
     assert errors[1] < errors[0] / 10 and errors[1] < 1e-4
 
 
-def test_edm_grid_is_karras_eq5_and_reaches_sigma_zero():
-    schedule = EDMSchedule()
-    ts, sig = samplers.edm_grid(schedule, 18)
+def test_karras_grid_is_eq5_and_steps_on_to_sigma_zero():
+    grid = samplers.time_grid(EDMSchedule(), 18, "karras")
     i = np.arange(18)
     expected = (80 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
-    np.testing.assert_allclose(np.asarray(sig[:-1]), expected, rtol=1e-5)
-    assert float(sig[-1]) == 0.0
-    np.testing.assert_allclose(np.asarray(ts[:-1]), expected, rtol=1e-5)  # EDM: t = sigma
+    np.testing.assert_allclose(np.asarray(grid.ts), expected, rtol=1e-5)  # EDM: t = sigma
+    assert grid.to_zero and grid.steps == 18
 
 
 def test_time_grids_follow_their_definitions():
     lin = DiscreteSchedule.linear(1000)
     quad = samplers.time_grid(lin, 10, "quadratic")
     steps = (np.linspace(0, np.sqrt(800), 10) ** 2).astype(int)[::-1]
-    np.testing.assert_allclose(np.asarray(quad), np.append((steps + 1) / 1000, 0.0), atol=1e-7)
+    np.testing.assert_allclose(np.asarray(quad.ts), (steps + 1) / 1000, atol=1e-7)
+    assert quad.to_zero  # the DDIM code's last step lands on alphabar = 1
     uni = samplers.time_grid(lin, 50, "uniform")
-    np.testing.assert_allclose(np.asarray(uni), np.append((np.arange(0, 1000, 20)[::-1] + 1) / 1000, 0.0), atol=1e-7)
-    lam = VP.log_snr(samplers.time_grid(VP, 8, "logsnr"))
+    np.testing.assert_allclose(np.asarray(uni.ts), (np.arange(0, 1000, 20)[::-1] + 1) / 1000, atol=1e-7)
+    lam = VP.log_snr(samplers.time_grid(VP, 8, "logsnr").ts)
     np.testing.assert_allclose(np.diff(np.asarray(lam)), float(lam[1] - lam[0]), rtol=1e-3)

@@ -1,4 +1,6 @@
-"""Samplers on a 25-mode Gaussian mixture with its exact score; guidance; bad inputs."""
+"""Samplers on a 25-mode Gaussian mixture with its exact score; guidance; named grids; bad inputs."""
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,7 +8,7 @@ import pytest
 
 from diffjax import predictions, samplers
 from diffjax.samplers import guidance
-from diffjax.schedules import EDMSchedule, VESDE, VPSDE
+from diffjax.schedules import DiscreteSchedule, EDMSchedule, VESDE, VPSDE
 
 GRID = np.array([(i, j) for i in range(-2, 3) for j in range(-2, 3)], np.float32)
 WEIGHTS = 1.0 + np.arange(25) % 3  # unequal on purpose: samplers must get the weights, not only the modes
@@ -163,3 +165,54 @@ def test_unknown_option_and_bad_learned_variance_output_are_errors():
         samplers.sample("ddpm", _den, VP, jax.random.PRNGKey(0), shape=(4, 2), steps=2, variance="learned")
     with pytest.raises(ValueError, match="unknown spacing"):
         samplers.sample("ddim", _den, VP, jax.random.PRNGKey(0), shape=(4, 2), steps=2, spacing="cubic")
+
+
+# (spacing, final) -> the steps of that grid that are not the last step to sigma = 0, for steps = 4
+NAMED_GRIDS = [("uniform", "t_end"), ("uniform", "append_zero"), ("quadratic", "replace_zero"), ("logsnr", "t_end"),
+               ("karras", None), ("karras", "t_end"), ("linspace", None), ("leading", "replace_zero"),
+               ("trailing", None)]
+
+
+@pytest.mark.parametrize("spacing,final", NAMED_GRIDS)
+def test_first_order_samplers_agree_on_every_named_grid(spacing, final):
+    """DDIM (eta = 0), DPM-Solver-1 and EDM's Euler step are one update, the exponential integrator
+    in sigma~ = sigma / alpha (Song et al. 2021a, eq. 13-14; Lu et al. 2022a, eq. 3.7; Karras et al. 2022,
+    Sec. 3), so on the same named grid, with the same last step to sigma = 0, they give the same samples."""
+    schedule = DiscreteSchedule.linear(1000) if spacing in ("linspace", "leading", "trailing") else VP
+    den = MIXTURE.denoiser(schedule)
+    x_T = schedule.prior_sample(jax.random.PRNGKey(7), (64, 2))
+    grid = samplers.time_grid(schedule, 4, spacing, final=final)
+    out = {}
+    for name in ("ddim", "dpm_solver_1", "edm_euler"):
+        x, info = jax.jit(lambda x: samplers.sample(name, den, schedule, jax.random.PRNGKey(0), x_T=x, steps=4,
+                                                    spacing=spacing, final=final))(x_T)
+        assert int(info["nfe"]) == grid.steps == 4
+        out[name] = np.asarray(x)
+    np.testing.assert_allclose(out["dpm_solver_1"], out["ddim"], atol=1e-4)  # float32 round-off of three forms
+    np.testing.assert_allclose(out["edm_euler"], out["ddim"], atol=1e-4)
+
+
+@pytest.mark.parametrize("opts,match", [
+    (dict(spacing="linspace"), "spacing 'linspace' picks integer steps of a DiscreteSchedule, got VPSDE"),
+    (dict(final="zero"), "unknown final 'zero'; known: t_end, append_zero, replace_zero"),
+    (dict(t_end=0.01, sigma_min=0.1), "give t_end or sigma_min, not both"),
+    (dict(sigma_min=0.0), "sigma_min must be > 0"),
+    (dict(rho=0.0), "rho must be > 0"),
+    (dict(sigma_max=1e-3, sigma_min=0.5), "the grid must run from a later to an earlier time"),
+])
+def test_bad_grid_options_are_errors_that_say_what_was_expected(opts, match):
+    with pytest.raises(ValueError, match=match):
+        samplers.sample("dpm_solver_pp_2m", _den, VP, jax.random.PRNGKey(0), shape=(4, 2), steps=3, **opts)
+
+
+def test_step_spacings_of_a_discrete_schedule_take_no_end_points():
+    with pytest.raises(ValueError, match="spacing 'leading' picks integer steps of the whole DiscreteSchedule; "
+                                         "sigma_min do not apply"):
+        samplers.time_grid(DiscreteSchedule.linear(1000), 3, "leading", sigma_min=0.1)
+
+
+def test_sampler_submodules_are_not_hidden_by_functions_of_the_same_name():
+    for name in ("ancestral", "common", "dpm_solver", "edm", "gmm", "guidance", "ode", "sde"):
+        assert inspect.ismodule(getattr(samplers, name)), name
+    assert samplers.get("edm_heun").__name__ == "edm_sampler"
+    assert samplers.get("dpm_solver_2").func.__name__ == "dpm_solver_singlestep"

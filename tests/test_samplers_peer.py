@@ -60,7 +60,8 @@ def test_time_grid_reproduces_diffusers_timestep_spacings(spacing):
     sched = diffusers.DDIMScheduler(**BETAS, timestep_spacing=spacing)
     sched.set_timesteps(50)
     grid = samplers.time_grid(DiscreteSchedule.linear(T), 50, spacing)
-    np.testing.assert_allclose(np.asarray(grid), _grid(sched.timesteps.numpy()), atol=1e-7)
+    np.testing.assert_allclose(np.append(grid.ts, 0.0), _grid(sched.timesteps.numpy()), atol=1e-7)
+    assert grid.to_zero
 
 
 def test_ddim_deterministic_matches_diffusers_ddim_scheduler():
@@ -191,5 +192,33 @@ def test_dpm_solver_pp_2m_matches_diffusers_multistep_scheduler(steps):
     schedule = _schedule(sched)
     ours, info = samplers.sample("dpm_solver_pp_2m", _fake_denoiser(schedule), schedule, jax.random.PRNGKey(1),
                                  x_T=jnp.asarray(_x_T()), ts=_grid(sched.timesteps.numpy()))
+    assert info["nfe"] == steps
+    assert _max_diff(ours, x.numpy()) < TOL
+
+
+# diffusers' DPMSolverMultistepScheduler grids by name: (timestep_spacing, use_karras_sigmas) -> diffjax options
+DPM_GRIDS = [("linspace", False, dict(spacing="linspace", final="replace_zero")),
+             ("leading", False, dict(spacing="leading", final="replace_zero")),
+             ("trailing", False, dict(spacing="trailing")),
+             ("linspace", True, dict(spacing="karras"))]
+
+
+@pytest.mark.parametrize("spacing,karras,opts", DPM_GRIDS, ids=[f"{g[0]}-karras{g[1]}" for g in DPM_GRIDS])
+@pytest.mark.parametrize("steps", [7, 20])
+def test_dpm_solver_pp_2m_builds_the_grids_of_diffusers_multistep_scheduler(spacing, karras, opts, steps):
+    """No hand-built grid: diffusers' own spacing (final_sigmas_type="zero") by name, same trajectory."""
+    sched = diffusers.DPMSolverMultistepScheduler(**BETAS, solver_order=2, algorithm_type="dpmsolver++",
+                                                  timestep_spacing=spacing, use_karras_sigmas=karras)
+    sched.set_timesteps(steps)
+    x = torch.from_numpy(_x_T())
+    for n in sched.timesteps:
+        x = sched.step(_fake_eps_torch(x, n), n, x).prev_sample
+    schedule = _schedule(sched)
+    grid = samplers.time_grid(schedule, steps, **opts)
+    their_sigmas = sched.sigmas.numpy().astype(np.float64)
+    our_sigmas = np.append(np.exp(-0.5 * np.asarray(schedule.log_snr(grid.ts), np.float64)), 0.0)
+    np.testing.assert_allclose(our_sigmas, their_sigmas, rtol=2e-6)
+    ours, info = samplers.sample("dpm_solver_pp_2m", _fake_denoiser(schedule), schedule, jax.random.PRNGKey(1),
+                                 x_T=jnp.asarray(_x_T()), steps=steps, **opts)
     assert info["nfe"] == steps
     assert _max_diff(ours, x.numpy()) < TOL

@@ -13,6 +13,11 @@ the DDPM architecture cannot express), and ``convert_state_dict`` maps the weigh
     params = convert_state_dict("diffusion_pytorch_model.safetensors", model, image_size=32)
     eps = model.apply({"params": params}, x_nhwc, t)
 
+or, as a run directory ``diffjax.sample`` / ``diffjax.evaluate`` read (config from
+configs/ddpm/cifar10.py, or configs/ddpm/celebahq256.py for 256x256 models):
+
+    python -m diffjax.convert.diffusers_unet ddpm-cifar10-32/ runs/ddpm_cifar10
+
 Key mapping: ``down_blocks.1.resnets.0.conv1.weight`` -> params
 ``["down_blocks_1_resnets_0"]["conv1"]["kernel"]`` (conv weights OIHW -> HWIO, linear
 weights transposed, GroupNorm ``weight`` -> ``scale``, ``class_embedding.weight`` ->
@@ -21,34 +26,21 @@ the hub's original ``.bin`` files still use are accepted too.
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
+import sys
 from typing import Any, Mapping, Union
 
-import jax
-import jax.numpy as jnp
+import ml_collections
 import numpy as np
-from flax import traverse_util
 
+from diffjax.convert import common
+from diffjax.convert.common import load_state_dict  # noqa: F401  (API: the state-dict reader)
 from diffjax.models.unet import DDPMUNet
 
-StateDict = Mapping[str, Any]
-
 _OLD_ATTENTION_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
-
-
-def load_state_dict(source: Union[str, os.PathLike, StateDict]) -> dict[str, np.ndarray]:
-    """A state dict as numpy arrays, from a .safetensors / .bin / .pt file or a mapping."""
-    if isinstance(source, Mapping):
-        return {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in source.items()}
-    path = os.fspath(source)
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-        return dict(load_file(path))
-    if path.endswith((".bin", ".pt", ".pth", ".ckpt")):
-        import torch
-        return load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    raise ValueError(f"cannot read a state dict from {path!r}: expected .safetensors, .bin, .pt or .pth")
 
 
 def model_from_config(config: Mapping[str, Any], **overrides: Any) -> DDPMUNet:
@@ -125,64 +117,96 @@ def _flax_path(key: str) -> tuple[str, ...]:
 def _convert(name: str, value: np.ndarray) -> tuple[str, np.ndarray]:
     if name != "kernel_or_scale":
         return name, value
-    if value.ndim == 4:
-        return "kernel", value.transpose(2, 3, 1, 0)   # OIHW -> HWIO
-    if value.ndim == 2:
-        return "kernel", value.T                         # (out, in) -> (in, out)
-    return "scale", value
+    if value.ndim == 1:
+        return "scale", value
+    return "kernel", common.dense_kernel(value) if value.ndim == 2 else common.conv_kernel(value)
 
 
-def convert_state_dict(source: Union[str, os.PathLike, StateDict], model: DDPMUNet,
-                       image_size: int = 32) -> dict:
-    """diffjax params for ``model`` from a diffusers ``UNet2DModel`` state dict.
-
-    Raises ValueError naming every missing or unexpected key and every shape mismatch.
-    """
-    state = load_state_dict(source)
-    expected = traverse_util.flatten_dict(jax.eval_shape(lambda: model.init(
-        jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, model.in_channels)),
-        jnp.zeros((1,)), context=None))["params"])
-    params, unexpected, mismatched, seen = {}, [], [], set()
+def map_state_dict(state: dict[str, np.ndarray], model: DDPMUNet, image_size: int = 32) -> dict:
+    """Nested numpy params for ``model``; raises ValueError naming the first missing, unexpected
+    or mis-shaped key (then every problem)."""
+    expected = common.param_shapes(model, (1, image_size, image_size, model.in_channels), context=None)
+    converted = []
     for key, value in state.items():
         *modules, leaf = _flax_path(key)
-        original = np.shape(value)
-        leaf, value = _convert(leaf, np.asarray(value, np.float32))
-        path = (*modules, leaf)
-        seen.add(path)
-        if path not in expected:
-            unexpected.append(key)
-        elif expected[path].shape != value.shape:
-            mismatched.append(f"{key}: checkpoint {original} (as {value.shape}) vs model "
-                              f"{expected[path].shape} at {'/'.join(path)}")
-        else:
-            params[path] = jnp.asarray(value)
-    missing = ["/".join(p) for p in expected if p not in seen]
-    if missing or unexpected or mismatched:
-        lines = [f"state dict does not match {type(model).__name__}({_describe(model)}):"]
-        for title, items in (("missing in the state dict", missing), ("unexpected in the state dict", unexpected),
-                             ("shape mismatch", mismatched)):
-            if items:
-                shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
-                lines.append(f"  {title} ({len(items)}): " + "; ".join(shown))
-        raise ValueError("\n".join(lines))
-    return traverse_util.unflatten_dict(params)
+        leaf, array = _convert(leaf, value)
+        converted.append((key, (*modules, leaf), array, value.shape))
+    return common.assemble(converted, expected, f"{type(model).__name__}({_describe(model)})")
+
+
+def convert_state_dict(source: Union[str, os.PathLike, common.StateDict], model: DDPMUNet,
+                       image_size: int = 32) -> dict:
+    """diffjax params (jax arrays) for ``model`` from a diffusers ``UNet2DModel`` state dict."""
+    return common.to_jax(map_state_dict(common.load_state_dict(source), model, image_size))
+
+
+def _folder(directory: Union[str, os.PathLike]) -> tuple[dict, str]:
+    """``(config.json as a dict, weights file)`` of a diffusers model folder or of a pipeline
+    folder's ``unet/``."""
+    directory = os.fspath(directory)
+    if not os.path.exists(os.path.join(directory, "config.json")) and os.path.isdir(os.path.join(directory, "unet")):
+        directory = os.path.join(directory, "unet")
+    if not os.path.exists(os.path.join(directory, "config.json")):
+        raise FileNotFoundError(f"no diffusers config.json in {directory!r}")
+    with open(os.path.join(directory, "config.json")) as f:
+        config = json.load(f)
+    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
+        if os.path.exists(os.path.join(directory, name)):
+            return config, os.path.join(directory, name)
+    raise FileNotFoundError(f"no diffusion_pytorch_model.safetensors or .bin in {directory!r}")
+
+
+def _image_size(config: Mapping[str, Any]) -> int:
+    size = config.get("sample_size", 32)
+    return size[0] if isinstance(size, (list, tuple)) else size
 
 
 def load_pretrained(directory: Union[str, os.PathLike], **overrides: Any) -> tuple[DDPMUNet, dict]:
     """``(model, params)`` from a diffusers model folder (config.json + weights, e.g. a hub
     snapshot of google/ddpm-cifar10-32 or its ``unet/`` subfolder, or ``save_pretrained`` output)."""
-    directory = os.fspath(directory)
-    with open(os.path.join(directory, "config.json")) as f:
-        config = json.load(f)
-    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
-        path = os.path.join(directory, name)
-        if os.path.exists(path):
-            model = model_from_config(config, **overrides)
-            size = config.get("sample_size", 32)
-            return model, convert_state_dict(path, model, size[0] if isinstance(size, (list, tuple)) else size)
-    raise ValueError(f"no diffusion_pytorch_model.safetensors or .bin in {directory!r}")
+    config, weights = _folder(directory)
+    model = model_from_config(config, **overrides)
+    return model, convert_state_dict(weights, model, _image_size(config))
 
 
 def _describe(model: DDPMUNet) -> str:
     return (f"ch={model.ch}, ch_mult={tuple(model.ch_mult)}, num_res_blocks={model.num_res_blocks}, "
             f"attn_resolutions={tuple(model.attn_resolutions)}, num_classes={model.num_classes}")
+
+
+def config_for(model: DDPMUNet, image_size: int) -> ml_collections.ConfigDict:
+    """The run config: configs/ddpm/cifar10.py (32x32) or configs/ddpm/celebahq256.py (the 256x256
+    CelebA-HQ and LSUN models) with ``model``'s fields and image size."""
+    from diffjax.configs.ddpm import celebahq256, cifar10
+
+    config = (cifar10 if image_size <= 32 else celebahq256).get_config()
+    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name not in ("parent", "name")}
+    fields.pop("dtype"), fields.pop("param_dtype")
+    config.model = ml_collections.ConfigDict(dict(name="ddpm_unet", prediction="eps", **fields))
+    config.data.image_size = image_size
+    config.data.num_classes = model.num_classes
+    return config
+
+
+def convert(path: Union[str, os.PathLike], out_dir: Union[str, os.PathLike]) -> str:
+    """Convert a diffusers model (or pipeline) folder into a run directory ``out_dir``."""
+    common.check_new_run(out_dir)
+    config, weights = _folder(path)
+    model = model_from_config(config)
+    params = map_state_dict(common.load_state_dict(weights), model, _image_size(config))
+    return common.write_run(out_dir, config_for(model, _image_size(config)), params)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m diffjax.convert.diffusers_unet", description=__doc__.split("\n")[0])
+    parser.add_argument("folder", help="a diffusers UNet2DModel folder (config.json + weights) or a pipeline folder")
+    parser.add_argument("out_dir", help="the run directory to write")
+    args = parser.parse_args(argv)
+    try:
+        print(f"wrote {convert(args.folder, args.out_dir)}")
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

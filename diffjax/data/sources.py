@@ -1,15 +1,16 @@
-"""Random-access example sources: a TFDS dataset, the bundled MNIST subset, a toy 2D density.
+"""Random-access example sources: a TFDS split, the bundled MNIST subset, a toy 2D density.
 
-A source is the part of a dataset one host reads. Image sources have ``len(source)`` and
-``source.get(indices) -> list of (uint8 HWC image, int label)`` and are already restricted to
-this host's shard (TFDS: ``tfds.split_for_jax_process``; in-memory: the same contiguous split).
-Toy sources are infinite streams: ``source.batch(k, n)`` is batch number ``k``.
+Every host opens the whole split: which examples a host reads is decided by the global order of
+``diffjax.data.pipeline``, not by the source. Image sources have ``len(source)`` and
+``source.get(records) -> list of (uint8 HWC image, int label)``. Toy sources are endless:
+``source.draw(positions)`` gives the points at global stream positions ``positions``.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -18,10 +19,9 @@ Example = tuple[np.ndarray, int]
 
 
 class TFDSSource:
-    """One host's shard of a TFDS split, read by index through ``tfds.data_source``."""
+    """A whole TFDS split, read by record index through ``tfds.data_source`` (ArrayRecord)."""
 
-    def __init__(self, name: str, split: str, data_dir: str | None, process_index: int,
-                 process_count: int):
+    def __init__(self, name: str, split: str, data_dir: str | None):
         import tensorflow_datasets as tfds
 
         try:
@@ -35,10 +35,8 @@ class TFDSSource:
         if split.partition("[")[0] not in builder.info.splits:  # "train" or a slice "train[:90%]"
             raise ValueError(f"TFDS dataset {name!r} has no split {split!r}; it has "
                              f"{sorted(builder.info.splits)}")
-        host_split = tfds.split_for_jax_process(split, process_index=process_index,
-                                                process_count=process_count)
         try:
-            self._ds = tfds.data_source(name, split=host_split, data_dir=data_dir)
+            self._ds = tfds.data_source(name, split=split, data_dir=data_dir)
         except NotImplementedError as e:  # prepared as TFRecord, which has no random access
             raise ValueError(f"TFDS dataset {name!r} must be prepared as ArrayRecord for random "
                              f"access; run `tfds build {name} --file_format=array_record` ({e})") from None
@@ -47,14 +45,9 @@ class TFDSSource:
     def __len__(self) -> int:
         return len(self._ds)
 
-    def get(self, indices: Sequence[int]) -> list[Example]:
-        items = self._ds.__getitems__([int(i) for i in indices])
+    def get(self, records: Sequence[int]) -> list[Example]:
+        items = self._ds.__getitems__([int(r) for r in records])
         return [(np.asarray(ex["image"]), int(ex["label"]) if self.has_labels else 0) for ex in items]
-
-
-def _host_range(n: int, process_index: int, process_count: int) -> np.ndarray:
-    """The same contiguous split of ``range(n)`` over hosts as ``tfds.even_splits``."""
-    return np.array_split(np.arange(n), process_count)[process_index]
 
 
 def load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
@@ -69,36 +62,59 @@ def load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
 
 
 class ArraySource:
-    """One host's shard of an in-memory uint8 image array."""
+    """An in-memory uint8 image array and its labels."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, process_index: int, process_count: int):
-        self._rows = _host_range(len(images), process_index, process_count)
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
         self._images, self._labels = images, labels
         self.has_labels = True
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._images)
 
-    def get(self, indices: Sequence[int]) -> list[Example]:
-        rows = self._rows[np.asarray(indices)]
-        return [(self._images[r], int(self._labels[r])) for r in rows]
+    def get(self, records: Sequence[int]) -> list[Example]:
+        return [(self._images[r], int(self._labels[r])) for r in np.asarray(records)]
+
+
+def image_source(data_config: Any, split: str) -> TFDSSource | ArraySource:
+    """The whole ``split`` of the image dataset named by ``data_config.source``."""
+    kind, _, name = data_config.source.partition(":")
+    if kind == "tfds":
+        return TFDSSource(name, split, data_config.get("data_dir"))
+    if data_config.source == "mnist_offline":
+        if split != "train":
+            raise ValueError("mnist_offline has only the split 'train'")
+        return ArraySource(*load_mnist_5k())
+    raise ValueError(f"unknown data.source {data_config.source!r}; expected 'tfds:<name>', "
+                     "'mnist_offline' or 'toy:<name>'")
+
+
+@functools.partial(jax.jit, static_argnames="name")
+def _draw(name: str, seed: int, high: jax.Array, low: jax.Array) -> jax.Array:
+    from diffjax.data import toy
+
+    def one(hi, lo):
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), hi), lo)
+        return toy.sample(name, key, 1)[0]
+
+    return jax.vmap(one)(high, low)
 
 
 class ToySource:
-    """An endless stream of 2D points from ``diffjax.data.toy``; batch ``k`` depends on (seed, host, k)."""
+    """An endless stream of 2D points from ``diffjax.data.toy``: the point at global position ``j``
+    is ``toy.sample(name, fold_in(fold_in(PRNGKey(seed), j // 2**32), j % 2**32), 1)``, whichever
+    host draws it."""
 
-    def __init__(self, name: str, seed: int, process_index: int):
+    def __init__(self, name: str, seed: int):
         from diffjax.data import toy
 
         if name not in toy.names():
             raise ValueError(f"unknown toy dataset {name!r}; known: {', '.join(toy.names())}")
-        self.name = name
-        self._key = jax.random.fold_in(jax.random.PRNGKey(seed), process_index)
+        self.name, self.seed = name, seed
 
-    def batch(self, k: int, n: int) -> np.ndarray:
-        from diffjax.data import toy
-
-        return np.asarray(toy.sample(self.name, jax.random.fold_in(self._key, k), n), np.float32)
+    def draw(self, positions: np.ndarray) -> np.ndarray:
+        positions = np.asarray(positions, np.uint64)
+        high, low = (positions >> np.uint64(32)).astype(np.uint32), positions.astype(np.uint32)
+        return np.asarray(_draw(self.name, self.seed, high, low), np.float32)
 
     def reference(self, n: int) -> np.ndarray:
         """Fresh points, independent of every training batch (to draw beside samples)."""

@@ -12,6 +12,15 @@ pool3 (`inception.py`), reference statistics over the whole training split, 50,0
 - Inception Score (Salimans et al. 2016): exp(E_x KL(p(y|x) || p(y))) over 10 contiguous splits,
   with p(y|x) = softmax of the 1008 logits *without* the fc bias (`pool3 @ W`), as the original
   TensorFlow code computes them.
+
+Sharded evaluation (`diffjax.evaluate`) never gathers the samples: each batch is reduced on the
+device mesh to sufficient statistics, merged across batches on the host in float64:
+- FID: count, mean and centred sum of outer products per batch (`batch_moments`, two passes on
+  device, so no large mean cancels in float32), merged by Chan et al.'s pairwise rule (`Moments`);
+- IS: per split, the count, the sum of p(y|x) and the sum of sum_y p log p (`inception_score_sums`);
+  IS_s = exp(mean sum_y p log p - sum_y p_s log p_s) with p_s the split's mean p(y|x);
+- KID needs the features themselves (random subsets of all of them): only the 2048-d pool
+  features are kept, in float32 (410 MB at 50,000 samples), never the images.
 """
 from __future__ import annotations
 
@@ -19,6 +28,8 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 MIN_STABLE_SAMPLES = 2048  # below the feature dimension the sample covariance is singular
@@ -80,12 +91,86 @@ def feature_statistics(features: np.ndarray) -> dict[str, np.ndarray]:
     n, d = features.shape
     if n < 2:
         raise ValueError(f"need at least 2 feature vectors for a covariance, got {n}")
+    _warn_if_few(n, d)
+    return {"mu": features.mean(0), "sigma": np.cov(features, rowvar=False), "n": np.asarray(n)}
+
+
+def _warn_if_few(n: int, d: int) -> None:
     if n < min(d, MIN_STABLE_SAMPLES):
         warnings.warn(f"FID from {n} samples is unstable and biased upwards: with fewer samples "
                       f"than the {d} feature dimensions the covariance is singular. The protocol "
                       f"uses {PROTOCOL_SAMPLES}; numbers from fewer are not comparable to papers.",
-                      stacklevel=2)
-    return {"mu": features.mean(0), "sigma": np.cov(features, rowvar=False), "n": np.asarray(n)}
+                      stacklevel=3)
+
+
+def batch_moments(features, weights) -> dict:
+    """Device reduction of `(B, d)` features with 0/1 `weights` (padding rows weigh 0):
+    `{"n", "mean", "m2"}` with `m2 = sum_i w_i (f_i - mean)(f_i - mean)^T`. Under `jax.jit` over a
+    batch-sharded `features` the sums are all-reduced over every device and host."""
+    f = jnp.asarray(features, jnp.float32)
+    w = jnp.asarray(weights, jnp.float32)
+    n = jnp.sum(w)
+    mean = jnp.sum(w[:, None] * f, axis=0) / jnp.maximum(n, 1.0)
+    c = (f - mean) * w[:, None]
+    return {"n": n, "mean": mean, "m2": jnp.matmul(c.T, c, precision=jax.lax.Precision.HIGHEST)}
+
+
+class Moments:
+    """Running count, mean and centred second moment in float64 (Chan, Golub & LeVeque 1979):
+    merging batch moments in any grouping gives the statistics of all the features."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0.0, None, None
+
+    def add(self, moments: dict) -> None:
+        nb = float(np.asarray(moments["n"]))
+        if nb == 0:
+            return
+        mb, m2b = np.asarray(moments["mean"], np.float64), np.asarray(moments["m2"], np.float64)
+        if self.mean is None:
+            self.n, self.mean, self.m2 = nb, mb, m2b
+            return
+        n = self.n + nb
+        delta = mb - self.mean
+        self.m2 = self.m2 + m2b + np.outer(delta, delta) * (self.n * nb / n)
+        self.mean = self.mean + delta * (nb / n)
+        self.n = n
+
+    def statistics(self) -> dict[str, np.ndarray]:
+        """`{"mu", "sigma", "n"}` as `feature_statistics` gives them (ddof=1)."""
+        n = int(round(self.n))
+        if n < 2:
+            raise ValueError(f"need at least 2 feature vectors for a covariance, got {n}")
+        _warn_if_few(n, len(self.mean))
+        return {"mu": self.mean, "sigma": self.m2 / (n - 1), "n": np.asarray(n)}
+
+
+def split_ids(indices, num_samples: int, splits: int):
+    """The split of `np.array_split(range(num_samples), splits)` each global index falls in."""
+    bounds = np.cumsum([0] + [len(a) for a in np.array_split(np.empty(num_samples), splits)])
+    return jnp.searchsorted(jnp.asarray(bounds[1:-1]), indices, side="right")
+
+
+def inception_score_sums(logits, weights, split, splits: int) -> dict:
+    """Device reduction for the Inception Score: per split, the count, `sum_x p(y|x)` and
+    `sum_x sum_y p(y|x) log p(y|x)` (padding rows weigh 0)."""
+    logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
+    p = jnp.exp(logp)
+    onehot = jax.nn.one_hot(split, splits, dtype=jnp.float32) * jnp.asarray(weights, jnp.float32)[:, None]
+    return {"count": jnp.sum(onehot, axis=0),
+            "p": jnp.matmul(onehot.T, p, precision=jax.lax.Precision.HIGHEST),
+            "plogp": onehot.T @ jnp.sum(p * logp, axis=-1)}
+
+
+def inception_score_from_sums(sums: dict) -> tuple[float, float]:
+    """(mean, std) over splits from the summed `inception_score_sums` (float64)."""
+    count = np.asarray(sums["count"], np.float64)
+    if np.any(count == 0):
+        raise ValueError(f"Inception Score with {len(count)} splits needs at least {len(count)} samples")
+    p_y = np.asarray(sums["p"], np.float64) / count[:, None]
+    entropy_y = -np.sum(np.where(p_y > 0, p_y * np.log(np.where(p_y > 0, p_y, 1.0)), 0.0), axis=1)
+    scores = np.exp(np.asarray(sums["plogp"], np.float64) / count + entropy_y)
+    return float(np.mean(scores)), float(np.std(scores))
 
 
 def save_statistics(path, stats: dict) -> None:
@@ -169,11 +254,12 @@ def inception_score(logits, splits: int = 10) -> tuple[float, float]:
 # ---------------------------------------------------------------------------- reference
 
 def reference_statistics(feature_fn: Callable, batches: Callable[[], Iterable], cache_path,
-                         keep_features: bool = False, progress: bool = True) -> dict:
+                         keep_features: bool = False, progress: bool = True, write: bool = True) -> dict:
     """Statistics of the reference set (for FID: the whole training split, see
     `diffjax.evaluate.data_batches`), read from `cache_path` if it exists, else computed from
     `batches()` with `feature_fn` and written there (npz with `mu`, `sigma`, `n`, and the pool
-    features themselves when `keep_features`, which KID needs)."""
+    features themselves when `keep_features`, which KID needs); `write=False` on all processes
+    but one of a multi-host run."""
     cache_path = Path(cache_path)
     if cache_path.is_file():
         stats = load_statistics(cache_path)
@@ -183,5 +269,6 @@ def reference_statistics(feature_fn: Callable, batches: Callable[[], Iterable], 
     stats = feature_statistics(feats)
     if keep_features:
         stats["features"] = feats.astype(np.float32)
-    save_statistics(cache_path, stats)
+    if write:
+        save_statistics(cache_path, stats)
     return stats

@@ -6,16 +6,21 @@ Every sampler is ``fn(denoise_fn, schedule, x_T, key, **options) -> (x_0, info)`
 
 | name | paper | main options |
 |---|---|---|
-| ``ddpm`` | Ho et al. 2020, Alg. 2; Nichol & Dhariwal 2021, eq. 15 | steps (T), variance beta / beta_tilde / learned, spacing, ts |
-| ``ddim`` | Song et al. 2021a, eq. 12 | steps, eta, spacing uniform / quadratic, ts |
-| ``euler_maruyama``, ``reverse_diffusion`` | Song et al. 2021, predictors | steps, spacing, ts, t_end, denoise |
-| ``pc`` | Song et al. 2021, Alg. 2-3 | predictor, corrector, snr, n_corrector_steps, steps |
-| ``annealed_langevin`` | Song & Ermon 2019, Alg. 1 | steps (levels), n_steps_each, step_lr, denoise |
-| ``ode_euler``, ``ode_heun`` | Song et al. 2021, eq. 13 | steps, spacing, ts, t_end, denoise |
-| ``ode_adaptive`` | eq. 13 with diffrax | solver tsit5 / dopri5 / ..., rtol, atol, max_steps |
-| ``edm_heun``, ``edm_euler``, ``edm_stochastic`` | Karras et al. 2022, Alg. 1-2 | steps, sigma_min, sigma_max, rho, S_churn, S_tmin, S_tmax, S_noise, ts |
-| ``dpm_solver_1/2/3`` | Lu et al. 2022a | steps, spacing (logsnr), ts, t_end |
-| ``dpm_solver_pp_2m`` | Lu et al. 2022b, Alg. 2 | steps, spacing, ts, lower_order_final |
+| ``ddpm`` | Ho et al. 2020, Alg. 2; Nichol & Dhariwal 2021, eq. 15 | grid (steps default T), variance beta / beta_tilde / learned |
+| ``ddim`` | Song et al. 2021a, eq. 12 | grid, eta |
+| ``euler_maruyama``, ``reverse_diffusion`` | Song et al. 2021, predictors | grid, denoise |
+| ``pc`` | Song et al. 2021, Alg. 2-3 | grid, predictor, corrector, snr, n_corrector_steps, denoise |
+| ``annealed_langevin`` | Song & Ermon 2019, Alg. 1 | steps (levels), n_steps_each, step_lr, ts, t_end, denoise |
+| ``ode_euler``, ``ode_heun`` | Song et al. 2021, eq. 13 | grid |
+| ``ode_adaptive`` | eq. 13 with diffrax | solver tsit5 / dopri5 / ..., rtol, atol, max_steps, t_end, denoise |
+| ``edm_heun``, ``edm_euler``, ``edm_stochastic`` | Karras et al. 2022, Alg. 1-2 | grid (karras), S_churn, S_tmin, S_tmax, S_noise |
+| ``dpm_solver_1/2/3`` | Lu et al. 2022a, Alg. 1-2 | grid (logsnr) |
+| ``dpm_solver_pp_2m`` | Lu et al. 2022b, Alg. 2 | grid (logsnr), lower_order_final |
+
+"grid" is the same set of options everywhere, resolved by ``common.time_grid``: ``steps``, ``spacing``
+(``uniform``, ``quadratic``, ``leading``, ``trailing``, ``linspace``, ``karras``, ``logsnr``), ``t_end``,
+``sigma_min``, ``sigma_max``, ``rho``, ``final`` (``t_end``, ``append_zero``, ``replace_zero``) or an
+explicit grid ``ts``. Times are in the float type of ``x_T`` (float64 under ``jax_enable_x64``).
 """
 from __future__ import annotations
 
@@ -27,9 +32,9 @@ import jax
 
 from diffjax.samplers import guidance
 from diffjax.samplers.ancestral import ddim, ddim_step, ddpm, ddpm_step, learned_variance_denoiser
-from diffjax.samplers.common import SPACINGS, time_grid
-from diffjax.samplers.dpm_solver import dpm_solver, dpm_solver_pp_2m
-from diffjax.samplers.edm import edm, edm_grid
+from diffjax.samplers.common import FINALS, SPACINGS, Grid, time_grid
+from diffjax.samplers.dpm_solver import dpm_solver_pp_2m, dpm_solver_singlestep
+from diffjax.samplers.edm import edm_sampler
 from diffjax.samplers.gmm import GaussianMixture, gaussian_pf_ode_map
 from diffjax.samplers.ode import ode_adaptive, ode_euler, ode_heun, pf_ode_velocity
 from diffjax.samplers.sde import annealed_langevin, pc
@@ -47,13 +52,13 @@ _REGISTRY: dict[str, Callable[..., tuple[Array, dict]]] = {
     "ode_euler": ode_euler,
     "ode_heun": ode_heun,
     "ode_adaptive": ode_adaptive,
-    "edm_heun": edm,
-    "edm_euler": functools.partial(edm, second_order=False),
+    "edm_heun": edm_sampler,
+    "edm_euler": functools.partial(edm_sampler, second_order=False),
     # EDM's stochastic settings for ImageNet-64 (Table 5): S_churn 40, S_tmin 0.05, S_tmax 50, S_noise 1.003.
-    "edm_stochastic": functools.partial(edm, steps=256, S_churn=40.0, S_tmin=0.05, S_tmax=50.0, S_noise=1.003),
-    "dpm_solver_1": functools.partial(dpm_solver, order=1),
-    "dpm_solver_2": functools.partial(dpm_solver, order=2),
-    "dpm_solver_3": functools.partial(dpm_solver, order=3),
+    "edm_stochastic": functools.partial(edm_sampler, steps=256, S_churn=40.0, S_tmin=0.05, S_tmax=50.0, S_noise=1.003),
+    "dpm_solver_1": functools.partial(dpm_solver_singlestep, order=1),
+    "dpm_solver_2": functools.partial(dpm_solver_singlestep, order=2),
+    "dpm_solver_3": functools.partial(dpm_solver_singlestep, order=3),
     "dpm_solver_pp_2m": dpm_solver_pp_2m,
 }
 
@@ -95,7 +100,8 @@ def sample(name: str, denoise_fn: Callable, schedule: Schedule, key: Array, shap
 
 
 __all__ = [
-    "GaussianMixture", "SPACINGS", "annealed_langevin", "ddim", "ddim_step", "ddpm", "ddpm_step", "dpm_solver",
-    "dpm_solver_pp_2m", "edm", "edm_grid", "gaussian_pf_ode_map", "get", "guidance", "learned_variance_denoiser",
-    "names", "ode_adaptive", "ode_euler", "ode_heun", "options", "pc", "pf_ode_velocity", "sample", "time_grid",
+    "FINALS", "GaussianMixture", "Grid", "SPACINGS", "annealed_langevin", "ddim", "ddim_step", "ddpm", "ddpm_step",
+    "dpm_solver_pp_2m", "dpm_solver_singlestep", "edm_sampler", "gaussian_pf_ode_map", "get", "guidance",
+    "learned_variance_denoiser", "names", "ode_adaptive", "ode_euler", "ode_heun", "options", "pc", "pf_ode_velocity",
+    "sample", "time_grid",
 ]

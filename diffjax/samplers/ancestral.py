@@ -59,7 +59,7 @@ def ddpm_step(x: Array, x0: Array, t: Array, s: Array, schedule: Schedule, varia
     elif variance == "beta_tilde":
         std = jnp.sqrt(c["beta_tilde"])
     else:  # Nichol & Dhariwal 2021, eq. 15; beta_tilde = 0 only on a last step, which adds no noise
-        tiny = jnp.finfo(jnp.float32).tiny
+        tiny = jnp.finfo(c["beta"].dtype).tiny
         log_var = v * jnp.log(jnp.maximum(c["beta"], tiny)) + (1.0 - v) * jnp.log(jnp.maximum(c["beta_tilde"], tiny))
         std = jnp.exp(0.5 * log_var)
     return mean + std * noise
@@ -77,41 +77,53 @@ def _check_learned(out: Any, x: Array) -> tuple[Array, Array]:
 
 
 def ddpm(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *, steps: int | None = None,
-         spacing: str = "uniform", ts: Any = None, variance: str = "beta_tilde") -> tuple[Array, dict]:
+         spacing: str = "uniform", ts: Any = None, t_end: float | None = None, sigma_min: float | None = None,
+         sigma_max: float | None = None, rho: float = 7.0, final: str | None = None,
+         variance: str = "beta_tilde") -> tuple[Array, dict]:
     """DDPM ancestral sampling (Ho et al. 2020, Alg. 2), on all T steps by default.
 
     ``variance``: ``"beta"`` (sigma_t^2 = beta_t), ``"beta_tilde"`` (the posterior variance) or
     ``"learned"``, where ``denoise_fn(x, t)`` returns ``(x0_hat, v)`` with ``v`` the interpolation
     weight of eq. 15 (see ``learned_variance_denoiser``). A respaced grid (``steps < T`` or ``ts``)
-    uses the respaced betas ``1 - alphabar_t / alphabar_s``, as improved-diffusion does.
+    uses the respaced betas ``1 - alphabar_t / alphabar_s``, as improved-diffusion does. The grid
+    options are ``common.time_grid``'s. As in Alg. 2 the last step adds no noise.
     """
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; expected one of {VARIANCES}")
-    grid = common.resolve_grid(schedule, ts, _default_steps(schedule, steps, ts), spacing)
-    n = grid.shape[0] - 1
+    grid = common.resolve_grid(schedule, x_T, ts, _default_steps(schedule, steps, ts), spacing, t_end=t_end,
+                               sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, final=final)
+    n = grid.ts.shape[0] - 1
+    last_noisy = n - 1 if grid.to_zero else n - 2  # the index of the last step that adds noise
     fn = denoise_fn if variance == "learned" else common.checked(denoise_fn)
+
+    def x0_and_v(x, t):
+        out = fn(x, common.per_example(t, x))
+        return _check_learned(out, x) if variance == "learned" else (out, None)
 
     def step(x, inp):
         t, s, i, k = inp
-        out = fn(x, common.per_example(t, x))
-        x0, v = _check_learned(out, x) if variance == "learned" else (out, None)
-        noise = jnp.where(i < n - 1, 1.0, 0.0) * jax.random.normal(k, x.shape, x.dtype)
+        x0, v = x0_and_v(x, t)
+        noise = jnp.where(i <= last_noisy, 1.0, 0.0) * jax.random.normal(k, x.shape, x.dtype)
         return ddpm_step(x, x0, t, s, schedule, variance, noise, v)
 
-    return common.scan_steps(step, x_T, grid, key), {"nfe": n}
+    x = common.scan_steps(step, x_T, grid.ts, key)
+    return common.finish(x, grid, lambda x, t: x0_and_v(x, t)[0]), {"nfe": grid.steps}
 
 
 def ddim(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *, steps: int | None = 50,
-         eta: float = 0.0, spacing: str = "uniform", ts: Any = None) -> tuple[Array, dict]:
+         eta: float = 0.0, spacing: str = "uniform", ts: Any = None, t_end: float | None = None,
+         sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0,
+         final: str | None = None) -> tuple[Array, dict]:
     """DDIM (Song et al. 2021a, eq. 12) with stochasticity ``eta`` on a respaced grid.
 
     ``spacing="uniform"`` or ``"quadratic"`` are the DDIM code's strides on a ``DiscreteSchedule``;
     eta = 0 is deterministic (a first-order solver of the probability-flow ODE), eta = 1 is DDPM
-    with the posterior variance.
+    with the posterior variance. The grid options are ``common.time_grid``'s.
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    grid = common.resolve_grid(schedule, ts, steps, spacing)
+    grid = common.resolve_grid(schedule, x_T, ts, steps, spacing, t_end=t_end, sigma_min=sigma_min,
+                               sigma_max=sigma_max, rho=rho, final=final)
     fn = common.checked(denoise_fn)
 
     def step(x, inp):
@@ -119,7 +131,8 @@ def ddim(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *, st
         x0 = fn(x, common.per_example(t, x))
         return ddim_step(x, x0, t, s, schedule, eta, jax.random.normal(k, x.shape, x.dtype))
 
-    return common.scan_steps(step, x_T, grid, key), {"nfe": grid.shape[0] - 1}
+    x = common.scan_steps(step, x_T, grid.ts, key)
+    return common.finish(x, grid, fn), {"nfe": grid.steps}
 
 
 def learned_variance_denoiser(model_fn: Callable, schedule: Schedule, prediction: str = "eps") -> Callable:

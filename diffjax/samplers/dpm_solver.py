@@ -32,15 +32,19 @@ def _t_of(schedule: Schedule, lam: Array) -> Array:
     return schedule.t_from_log_snr(2.0 * lam)
 
 
-def dpm_solver(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *, steps: int | None = 20,
-               order: int = 3, spacing: str = "logsnr", ts: Any = None,
-               t_end: float | None = None) -> tuple[Array, dict]:
-    """Singlestep DPM-Solver-``order`` (1, 2 or 3) with ``steps`` steps, ``order * steps`` NFE."""
+def dpm_solver_singlestep(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *,
+                          steps: int | None = 20, order: int = 3, spacing: str = "logsnr", ts: Any = None,
+                          t_end: float | None = None, sigma_min: float | None = None, sigma_max: float | None = None,
+                          rho: float = 7.0, final: str | None = None) -> tuple[Array, dict]:
+    """Singlestep DPM-Solver-``order`` (1, 2 or 3) with ``steps`` steps, ``order * steps`` NFE.
+
+    The grid options are ``common.time_grid``'s; a last step to sigma = 0 is first order (1 NFE).
+    """
     del key
     if order not in (1, 2, 3):
         raise ValueError(f"DPM-Solver order must be 1, 2 or 3, got {order!r}")
-    grid = common.resolve_grid(schedule, ts, steps, spacing, t_start=schedule.t_max,
-                               t_end=schedule.t_eps if t_end is None else t_end)
+    grid = common.resolve_grid(schedule, x_T, ts, steps, spacing, t_end=t_end, sigma_min=sigma_min,
+                               sigma_max=sigma_max, rho=rho, final=final)
     fn = common.checked(denoise_fn)
 
     def eps(x, t):
@@ -74,23 +78,29 @@ def dpm_solver(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array,
             x_s = x_s - sig_s / r2 * (jnp.expm1(h) / h - 1.0) * D2
         return x_s
 
-    n = grid.shape[0] - 1
-    return common.scan_steps(step, x_T, grid), {"nfe": order * n}
+    n = grid.ts.shape[0] - 1
+    return common.finish(common.scan_steps(step, x_T, grid.ts), grid, fn), {"nfe": order * n + int(grid.to_zero)}
 
 
 def dpm_solver_pp_2m(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *,
                      steps: int | None = 20, spacing: str = "logsnr", ts: Any = None, t_end: float | None = None,
-                     lower_order_final: bool = True) -> tuple[Array, dict]:
+                     sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0,
+                     final: str | None = None, lower_order_final: bool = True) -> tuple[Array, dict]:
     """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2), ``steps`` NFE.
 
-    ``ts`` may end where sigma = 0 (e.g. t = 0 of a ``DiscreteSchedule``, as diffusers does); that
-    last step must be first order, which ``lower_order_final`` (default) ensures.
+    The grid options are ``common.time_grid``'s. k-diffusion's ``sample_dpmpp_2m`` on its Karras
+    sigmas is ``spacing="karras"`` (``final="append_zero"``, its default); diffusers'
+    ``DPMSolverMultistepScheduler`` is ``spacing="linspace"`` / ``"leading"`` with
+    ``final="replace_zero"``, or ``"trailing"`` / ``"karras"``. A step to sigma = 0 is first order
+    (there ``x_s = alpha_s D``), and ``lower_order_final`` makes the last step first order when it
+    lands elsewhere.
     """
     del key
-    grid = common.resolve_grid(schedule, ts, steps, spacing, t_start=schedule.t_max,
-                               t_end=schedule.t_eps if t_end is None else t_end)
-    n = grid.shape[0] - 1
+    grid = common.resolve_grid(schedule, x_T, ts, steps, spacing, t_end=t_end, sigma_min=sigma_min,
+                               sigma_max=sigma_max, rho=rho, final=final)
+    n = grid.ts.shape[0] - 1
     fn = common.checked(denoise_fn)
+    first_order_last = lower_order_final and not grid.to_zero
 
     def step(carry, inp):
         x, x0_prev, h_prev = carry
@@ -99,11 +109,11 @@ def dpm_solver_pp_2m(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: 
         h = _half_lambda(schedule, s) - _half_lambda(schedule, t)
         r = h_prev / h
         second = (1.0 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
-        first_order = (i == 0) | (lower_order_final & (i == n - 1))
+        first_order = (i == 0) | (first_order_last & (i == n - 1))
         D = jnp.where(first_order, x0, second)
         # Finite where sigma_s = 0 (h = inf): then x_s = alpha_s D.
         x_s = (schedule.sigma(s) / schedule.sigma(t)) * x + schedule.alpha(s) * -jnp.expm1(-h) * D
         return x_s, x0, h
 
-    x, _, _ = common.scan_steps(step, (x_T, jnp.zeros_like(x_T), jnp.float32(1.0)), grid)
-    return x, {"nfe": n}
+    x, _, _ = common.scan_steps(step, (x_T, jnp.zeros_like(x_T), jnp.ones((), grid.ts.dtype)), grid.ts)
+    return common.finish(x, grid, fn), {"nfe": grid.steps}

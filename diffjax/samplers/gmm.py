@@ -33,12 +33,12 @@ class GaussianMixture:
 
     @classmethod
     def create(cls, weights: Any, means: Any, stds: Any) -> "GaussianMixture":
-        means = jnp.asarray(means, jnp.float32)
+        means = jnp.asarray(means, float)
         if means.ndim == 1:
             means = means[:, None]
         K, D = means.shape
-        w = jnp.asarray(weights, jnp.float32)
-        s = jnp.asarray(stds, jnp.float32)
+        w = jnp.asarray(weights, float)
+        s = jnp.asarray(stds, float)
         if w.shape != (K,):
             raise ValueError(f"weights must have shape ({K},) to match means {means.shape}, got {w.shape}")
         if s.ndim == 0 or s.shape == (K,):
@@ -50,8 +50,8 @@ class GaussianMixture:
     @classmethod
     def gaussian(cls, mean: Any, std: Any) -> "GaussianMixture":
         """A single Gaussian ``N(mean, diag(std^2))``."""
-        mean = jnp.atleast_1d(jnp.asarray(mean, jnp.float32))
-        std = jnp.broadcast_to(jnp.asarray(std, jnp.float32), mean.shape)
+        mean = jnp.atleast_1d(jnp.asarray(mean, float))
+        std = jnp.broadcast_to(jnp.asarray(std, float), mean.shape)
         return cls.create(jnp.ones((1,)), mean[None], std[None])
 
     @property
@@ -111,7 +111,7 @@ def gaussian_pf_ode_map(x_t: Array, t: Any, s: Any, mean: Any, std: Any, schedul
     ODE ``dx/dt = f x - g^2/2 * score`` keeps ``z = (x - alpha_t m) / sqrt(v_t)`` constant (because
     ``dv/dt = 2 f v + g^2``), so ``x_s = alpha_s m + sqrt(v_s / v_t) (x_t - alpha_t m)``.
     """
-    m, sd = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+    m, sd = jnp.asarray(mean, float), jnp.asarray(std, float)
     a_t, s_t, a_s, s_s = schedule.alpha(t), schedule.sigma(t), schedule.alpha(s), schedule.sigma(s)
     v_t, v_s = a_t ** 2 * sd ** 2 + s_t ** 2, a_s ** 2 * sd ** 2 + s_s ** 2
     return a_s * m + jnp.sqrt(v_s / v_t) * (x_t - a_t * m)

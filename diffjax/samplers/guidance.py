@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax import predictions
+from diffjax.samplers import common
 from diffjax.schedules import Schedule, bcast
 
 Array = jax.Array
@@ -35,7 +36,7 @@ def classifier_free(cond_model_fn: Callable[[Array, Array, Array], Array], y: Ar
     def fn(x, t):
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"{y.shape[0]} labels for a batch of {x.shape[0]}")
-        t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
+        t = common.per_example(t, x)
         out = cond_model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
                             jnp.concatenate([y, jnp.full_like(y, num_classes)]))
         cond, uncond = jnp.split(out, 2)

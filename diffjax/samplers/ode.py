@@ -2,7 +2,8 @@
 
 ``dx/dt = f(t) x - g(t)^2 / 2 * score(x, t)`` with ``score = (alpha D(x, t) - x) / sigma^2``,
 integrated from ``t_max`` down to ``t_eps`` by fixed-step Euler or Heun (explicit trapezoidal
-rule) or by an adaptive diffrax Runge-Kutta solver that stays on device.
+rule) on any grid of ``common.time_grid``, or by an adaptive diffrax Runge-Kutta solver that
+stays on device.
 """
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from typing import Any, Callable
 
 import diffrax
 import jax
-import jax.numpy as jnp
 
 from diffjax.samplers import common
 from diffjax.schedules import Schedule
@@ -30,32 +30,34 @@ def pf_ode_velocity(denoise_fn: Callable, schedule: Schedule) -> Callable[[Array
     return velocity
 
 
-def _finish(x: Array, t_end: Array, denoise_fn: Callable, denoise: bool, nfe: Any) -> tuple[Array, dict]:
-    """Optionally replace the end point by its denoised value ``D(x, t_end)`` (one more NFE)."""
-    if denoise:
-        return common.checked(denoise_fn)(x, common.per_example(t_end, x)), {"nfe": nfe + 1}
-    return x, {"nfe": nfe}
-
-
 def ode_euler(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *, steps: int | None = 100,
-              spacing: str = "uniform", ts: Any = None, t_end: float | None = None,
-              denoise: bool = False) -> tuple[Array, dict]:
-    """Euler's method on the probability-flow ODE over ``steps`` steps (first order)."""
+              spacing: str = "uniform", ts: Any = None, t_end: float | None = None, sigma_min: float | None = None,
+              sigma_max: float | None = None, rho: float = 7.0, final: str | None = None) -> tuple[Array, dict]:
+    """Euler's method on the probability-flow ODE over ``steps`` steps (first order).
+
+    The grid options are ``common.time_grid``'s; ``final="append_zero"`` ends with the denoiser's
+    ``x0_hat`` at the last grid time (k-diffusion's last step to sigma = 0).
+    """
     del key
-    return _fixed_step(denoise_fn, schedule, x_T, steps, spacing, ts, t_end, denoise, heun=False)
+    grid = common.resolve_grid(schedule, x_T, ts, steps, spacing, t_end=t_end, sigma_min=sigma_min,
+                               sigma_max=sigma_max, rho=rho, final=final)
+    return _fixed_step(denoise_fn, schedule, x_T, grid, heun=False)
 
 
 def ode_heun(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *, steps: int | None = 50,
-             spacing: str = "uniform", ts: Any = None, t_end: float | None = None,
-             denoise: bool = False) -> tuple[Array, dict]:
-    """Heun's method (explicit trapezoidal rule) on the probability-flow ODE (second order, 2 NFE/step)."""
+             spacing: str = "uniform", ts: Any = None, t_end: float | None = None, sigma_min: float | None = None,
+             sigma_max: float | None = None, rho: float = 7.0, final: str | None = None) -> tuple[Array, dict]:
+    """Heun's method (explicit trapezoidal rule) on the probability-flow ODE (second order, 2 NFE/step).
+
+    Grid options as ``ode_euler``.
+    """
     del key
-    return _fixed_step(denoise_fn, schedule, x_T, steps, spacing, ts, t_end, denoise, heun=True)
+    grid = common.resolve_grid(schedule, x_T, ts, steps, spacing, t_end=t_end, sigma_min=sigma_min,
+                               sigma_max=sigma_max, rho=rho, final=final)
+    return _fixed_step(denoise_fn, schedule, x_T, grid, heun=True)
 
 
-def _fixed_step(denoise_fn, schedule, x_T, steps, spacing, ts, t_end, denoise, heun):
-    grid = common.resolve_grid(schedule, ts, steps, spacing, t_start=schedule.t_max,
-                               t_end=schedule.t_eps if t_end is None else t_end)
+def _fixed_step(denoise_fn, schedule, x_T, grid, heun):
     velocity = pf_ode_velocity(denoise_fn, schedule)
 
     def step(x, inp):
@@ -66,9 +68,9 @@ def _fixed_step(denoise_fn, schedule, x_T, steps, spacing, ts, t_end, denoise, h
             x_next = x + (s - t) * 0.5 * (d + velocity(x_next, s))
         return x_next
 
-    n = grid.shape[0] - 1
-    x = common.scan_steps(step, x_T, grid)
-    return _finish(x, grid[-1], denoise_fn, denoise, (2 if heun else 1) * n)
+    n = grid.ts.shape[0] - 1
+    x = common.finish(common.scan_steps(step, x_T, grid.ts), grid, common.checked(denoise_fn))
+    return x, {"nfe": (2 if heun else 1) * n + int(grid.to_zero)}
 
 
 _SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5, "dopri8": diffrax.Dopri8,
@@ -98,6 +100,6 @@ def ode_adaptive(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Arra
                               saveat=diffrax.SaveAt(t1=True))
     attempted = sol.stats["num_steps"]
     nfe = _EVALS_PER_STEP[solver] * attempted + (1 if solver != "heun" else 0)
-    x, info = _finish(sol.ys[-1], jnp.asarray(t1), denoise_fn, denoise, nfe)
-    info.update(steps=sol.stats["num_accepted_steps"], rejected=sol.stats["num_rejected_steps"])
-    return x, info
+    x = common.checked(denoise_fn)(sol.ys[-1], common.per_example(t1, x_T)) if denoise else sol.ys[-1]
+    return x, {"nfe": nfe + int(denoise), "steps": sol.stats["num_accepted_steps"],
+               "rejected": sol.stats["num_rejected_steps"]}

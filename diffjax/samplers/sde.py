@@ -70,11 +70,13 @@ def predictor_step(kind: str, score: Callable, schedule: Schedule, x: Array, t: 
 def pc(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *, steps: int | None = 1000,
        predictor: str = "reverse_diffusion", corrector: str = "langevin", snr: float = 0.16,
        n_corrector_steps: int = 1, spacing: str = "uniform", ts: Any = None, t_end: float | None = None,
+       sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0, final: str | None = None,
        denoise: bool = True) -> tuple[Array, dict]:
     """Predictor-corrector sampling (Song et al. 2021, Alg. 1-3) from t_max to t_eps.
 
     ``denoise=True`` returns the last predictor's noise-free mean (score_sde's ``noise_removal``).
     ``snr``: 0.16 is score_sde's VE CIFAR-10 value (0.01 for VP with Langevin + reverse diffusion).
+    The grid options are ``common.time_grid``'s (a step to sigma = 0 takes the denoiser's ``x0_hat``).
     """
     if predictor not in PREDICTORS:
         raise ValueError(f"unknown predictor {predictor!r}; expected one of {PREDICTORS}")
@@ -82,8 +84,8 @@ def pc(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *, step
         raise ValueError(f"unknown corrector {corrector!r}; expected one of {CORRECTORS}")
     if corrector != "none":
         n_corrector_steps = common.check_steps(n_corrector_steps)
-    grid = common.resolve_grid(schedule, ts, steps, spacing, t_start=schedule.t_max,
-                               t_end=schedule.t_eps if t_end is None else t_end)
+    grid = common.resolve_grid(schedule, x_T, ts, steps, spacing, t_end=t_end, sigma_min=sigma_min,
+                               sigma_max=sigma_max, rho=rho, final=final)
     score = _score_fn(denoise_fn, schedule)
 
     def step(carry, inp):
@@ -97,10 +99,11 @@ def pc(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *, step
             x, x_mean = predictor_step(predictor, score, schedule, x, t, t - s, kp)
         return x, x_mean
 
-    x, x_mean = common.scan_steps(step, (x_T, x_T), grid, key)
-    n = grid.shape[0] - 1
+    x, x_mean = common.scan_steps(step, (x_T, x_T), grid.ts, key)
+    n = grid.ts.shape[0] - 1
     per_step = (predictor != "none") + (n_corrector_steps if corrector != "none" else 0)
-    return (x_mean if denoise else x), {"nfe": n * per_step}
+    x = common.finish(x_mean if denoise else x, grid, common.checked(denoise_fn))
+    return x, {"nfe": n * per_step + int(grid.to_zero)}
 
 
 def annealed_langevin(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *, steps: int = 10,
@@ -115,14 +118,9 @@ def annealed_langevin(denoise_fn: Callable, schedule: Schedule, x_T: Array, key:
     """
     L = common.check_steps(steps)
     n_steps_each = common.check_steps(n_steps_each)
-    if ts is None:
-        t1 = schedule.t_eps if t_end is None else t_end
-        u = jnp.linspace(0.0, 1.0, L)
-        lam0, lam1 = schedule.log_snr(schedule.t_max), schedule.log_snr(t1)
-        levels = schedule.t_from_log_snr(lam0 + u * (lam1 - lam0)).at[0].set(schedule.t_max).at[-1].set(t1)
-    else:
-        levels = jnp.asarray(ts, jnp.float32)
-        schedule.check_time(ts)
+    # L levels: the log-SNR grid of L points (that of L steps with a last step to sigma = 0, which is ``denoise``).
+    grid = common.resolve_grid(schedule, x_T, ts, L, "logsnr", t_end=t_end, final="append_zero" if ts is None else None)
+    levels = grid.ts
     score = _score_fn(denoise_fn, schedule)
     sigma_L = schedule.sigma(levels[-1])
 
@@ -138,7 +136,5 @@ def annealed_langevin(denoise_fn: Callable, schedule: Schedule, x_T: Array, key:
         return x, None
 
     x, _ = jax.lax.scan(level, x_T, (levels, jax.random.split(key, levels.shape[0])))
-    nfe = levels.shape[0] * n_steps_each
-    if denoise:
-        return common.checked(denoise_fn)(x, common.per_example(levels[-1], x)), {"nfe": nfe + 1}
-    return x, {"nfe": nfe}
+    x = common.finish(x, grid._replace(to_zero=denoise), common.checked(denoise_fn))
+    return x, {"nfe": levels.shape[0] * n_steps_each + int(denoise)}
