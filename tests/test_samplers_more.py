@@ -216,3 +216,25 @@ def test_sampler_submodules_are_not_hidden_by_functions_of_the_same_name():
         assert inspect.ismodule(getattr(samplers, name)), name
     assert samplers.get("edm_heun").__name__ == "edm_sampler"
     assert samplers.get("dpm_solver_2").func.__name__ == "dpm_solver_singlestep"
+
+
+def test_langevin_corrector_step_is_song_et_al_algorithm_5():
+    """One corrector step by hand: eps = 2 a (snr ||z|| / ||grad||)^2 with batch-mean norms and
+    a = (alpha(t) / alpha(t - dt))^2, then x + eps grad + sqrt(2 eps) z (Song et al. 2021, Alg. 5)."""
+    from diffjax.samplers import sde as sde_lib
+    from diffjax.schedules import VPSDE
+
+    schedule = VPSDE()
+    x = jax.random.normal(jax.random.PRNGKey(3), (4, 6))
+    t, dt, snr, key = jnp.float32(0.5), jnp.float32(0.1), 0.16, jax.random.PRNGKey(7)
+    score = lambda x, t: -x / 2.0  # noqa: E731
+    out, out_mean = sde_lib.langevin_corrector(score, schedule, x, t, dt, key, snr, 1)
+
+    xn = np.asarray(x, np.float64)
+    z = np.asarray(jax.random.normal(jax.random.split(key, 1)[0], x.shape), np.float64)
+    grad = -xn / 2.0
+    a = float(schedule.alpha(t) / schedule.alpha(t - dt)) ** 2
+    mean_norm = lambda v: np.mean(np.linalg.norm(v, axis=-1))  # noqa: E731
+    eps = 2.0 * a * (snr * mean_norm(z) / mean_norm(grad)) ** 2
+    np.testing.assert_allclose(out_mean, xn + eps * grad, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out, xn + eps * grad + np.sqrt(2.0 * eps) * z, rtol=1e-5, atol=1e-6)
