@@ -28,9 +28,7 @@ index).
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from typing import Iterator
 
 import ml_collections
@@ -230,15 +228,9 @@ def _describe(model: ADMUNet) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m diffjax.convert.adm", description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoint", help="a guided-diffusion / improved-diffusion .pt state dict")
-    parser.add_argument("out_dir", help="the run directory to write")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="architecture (default: from the file name)")
-    args = parser.parse_args(argv)
-    try:
-        print(f"wrote {convert(args.checkpoint, args.out_dir, args.preset)}")
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    common.command_line("python -m diffjax.convert.adm", __doc__.split("\n")[0], convert,
+                        "a guided-diffusion / improved-diffusion .pt state dict", argv, presets=PRESETS,
+                        preset_help="architecture (default: from the file name)")
 
 
 if __name__ == "__main__":

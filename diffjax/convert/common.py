@@ -11,8 +11,10 @@ also on the zero-stride ``np.broadcast_to`` views that :func:`shape_only` makes,
 """
 from __future__ import annotations
 
+import argparse
 import os
-from typing import Any, Iterable, Mapping, Union
+import sys
+from typing import Any, Callable, Iterable, Mapping, Union
 
 import jax
 import jax.numpy as jnp
@@ -174,3 +176,23 @@ def write_run(out_dir: Union[str, os.PathLike], config: Any, params: Any, ema_pa
     ckpt.wait()
     ckpt.close()
     return out_dir
+
+
+def command_line(prog: str, description: str, convert: Callable[..., str], input_help: str,
+                 argv: list[str] | None = None, presets: Iterable[str] | None = None,
+                 preset_help: str = "", formats: Iterable[str] | None = None) -> None:
+    """``python -m <prog> IN OUT_DIR [--preset=NAME] [--format=NAME]``: run ``convert(IN, OUT_DIR,
+    **options)`` and print the run directory written, or one ``error:`` line."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("checkpoint", help=input_help)
+    parser.add_argument("out_dir", help="the run directory to write")
+    if formats is not None:
+        parser.add_argument("--format", choices=sorted(formats), help="default: told from the checkpoint")
+    if presets is not None:
+        parser.add_argument("--preset", choices=sorted(presets) or None, help=preset_help)
+    args = parser.parse_args(argv)
+    options = {k: v for k in ("format", "preset") if (v := getattr(args, k, None))}
+    try:
+        print(f"wrote {convert(args.checkpoint, args.out_dir, **options)}")
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")

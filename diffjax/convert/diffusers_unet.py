@@ -26,11 +26,9 @@ the hub's original ``.bin`` files still use are accepted too.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
-import sys
 from typing import Any, Mapping, Union
 
 import ml_collections
@@ -198,14 +196,8 @@ def convert(path: Union[str, os.PathLike], out_dir: Union[str, os.PathLike]) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m diffjax.convert.diffusers_unet", description=__doc__.split("\n")[0])
-    parser.add_argument("folder", help="a diffusers UNet2DModel folder (config.json + weights) or a pipeline folder")
-    parser.add_argument("out_dir", help="the run directory to write")
-    args = parser.parse_args(argv)
-    try:
-        print(f"wrote {convert(args.folder, args.out_dir)}")
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    common.command_line("python -m diffjax.convert.diffusers_unet", __doc__.split("\n")[0], convert,
+                        "a diffusers UNet2DModel folder (config.json + weights) or a pipeline folder", argv)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,7 @@ MLP, diffjax's NCSNpp after it).
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from typing import Any, Iterator
 
 import ml_collections
@@ -250,14 +248,8 @@ def convert(path: str, out_dir: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m diffjax.convert.edm", description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoint", help="the .pt file the module docstring's snippet writes")
-    parser.add_argument("out_dir", help="the run directory to write")
-    args = parser.parse_args(argv)
-    try:
-        print(f"wrote {convert(args.checkpoint, args.out_dir)}")
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    common.command_line("python -m diffjax.convert.edm", __doc__.split("\n")[0], convert,
+                        "the .pt file the module docstring's snippet writes", argv)
 
 
 if __name__ == "__main__":

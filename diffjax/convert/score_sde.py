@@ -28,10 +28,8 @@ embedding of the noise index divided by its sigma), and ``progressive='residual'
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
-import sys
 from typing import Any
 
 import ml_collections
@@ -165,15 +163,9 @@ def _describe(model: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m diffjax.convert.score_sde", description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoint", help="a score_sde checkpoint file (checkpoint_<n>)")
-    parser.add_argument("out_dir", help="the run directory to write")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="score_sde config (default: from the path)")
-    args = parser.parse_args(argv)
-    try:
-        print(f"wrote {convert(args.checkpoint, args.out_dir, args.preset)}")
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f"error: {e}")
+    common.command_line("python -m diffjax.convert.score_sde", __doc__.split("\n")[0], convert,
+                        "a score_sde checkpoint file (checkpoint_<n>)", argv, presets=PRESETS,
+                        preset_help="score_sde config (default: from the path)")
 
 
 if __name__ == "__main__":
