@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
     training.checkpoint_every = 10_000
     training.keep_checkpoints = 3        # the most recent ones ...
     training.keep_period = 0             # ... and every multiple of this step (0: none)
-    training.nonfinite = "skip"          # non-finite loss/update: "skip" the update, or "stop"
+    training.nonfinite = "skip"          # non-finite loss/gradient: "skip" the update, or "stop"
     training.max_consecutive_nonfinite = 10  # "skip": stop after this many in a row
     training.sample_every = 50_000       # also at the last step; 0: never
     training.num_grid_samples = 64       # images in the periodic sample grid

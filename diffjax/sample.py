@@ -12,10 +12,16 @@ processes, and writes
 
 Sample ``i`` depends only on ``(--seed, i)``: the same images on any number of devices or
 processes and with any ``--batch_size`` (see :mod:`diffjax.sampling`, the library behind this).
+
+Text-conditioned runs (``configs/text2mnist.py``) take ``--prompt="a thin three"`` (repeatable,
+or several separated by ``|``; default: the config's ``text.prompts``): sample ``i`` is drawn for
+prompt ``i % len(prompts)``, guided by ``--guidance=w`` (classifier-free guidance against the
+empty caption; 0: the conditional model alone).
 """
 from __future__ import annotations
 
 import ast
+import hashlib
 import os
 import sys
 
@@ -42,18 +48,27 @@ def parse_options(pairs: list[str]) -> dict:
     return options
 
 
+def split_prompts(values: list[str]) -> list[str] | None:
+    """``["a thin three|a thick 7", "a one"]`` -> three prompts (None when none were given)."""
+    prompts = [p.strip() for v in values for p in v.split("|")]
+    return prompts or None
+
+
 def run(workdir: str, num_samples: int, seed: int, sampler: str | None, options: dict,
         use_ema: bool = True, name: str | None = None, batch_size: int = 64,
-        progress: bool = False) -> dict[str, str]:
+        progress: bool = False, prompts: list[str] | None = None) -> dict[str, str]:
     """Sample from the latest checkpoint of ``workdir``; returns the paths written (``shards``,
-    and ``npz``, ``png`` when this is process 0 and every shard is visible)."""
+    and ``npz``, ``png`` when this is process 0 and every shard is visible). ``prompts``: for a
+    text-conditioned run (default: its ``text.prompts``); a ValueError for any other run."""
     from diffjax import models, sampling, schedules
 
     config, params, step = load_run(workdir, use_ema=use_ema)
     sampler_name, _ = sampler_options(config, sampler, options)
     sampling.check_sampler(config, sampler, options)
+    if "text" in config or prompts is not None:
+        prompts, _ = sampling.prompt_context(config, prompts)  # the errors before any compute
     net, schedule = models.get_model(config.model), schedules.get(config.schedule)
-    name = name or f"step{step}_{sampler_name}_seed{seed}"
+    name = name or f"step{step}_{sampler_name}_seed{seed}" + _text_suffix(prompts, options)
     out_dir = os.path.join(workdir, "samples", name)
     mesh = sampling.make_mesh(config)
     main = jax.process_index() == 0
@@ -63,7 +78,7 @@ def run(workdir: str, num_samples: int, seed: int, sampler: str | None, options:
               f"{jax.process_count()} process(es)", file=sys.stderr)
     info = sampling.sample_to_dir(config, net, schedule, params, out_dir, num_samples=num_samples, seed=seed,
                                   batch_size=batch_size, sampler=sampler, options=options, mesh=mesh,
-                                  meta={"step": step, "ema": use_ema}, progress=progress)
+                                  meta={"step": step, "ema": use_ema}, progress=progress, prompts=prompts)
     paths = {"shards": out_dir}
     if not main:
         return paths
@@ -82,9 +97,17 @@ def run(workdir: str, num_samples: int, seed: int, sampler: str | None, options:
         paths["png"] = viz.save_scatter(stem + ".png", samples)
     else:
         np.savez(paths["npz"], samples=samples, images=viz.to_uint8(samples, config.data.centered),
-                 labels=labels, nfe=info["nfe"])
+                 labels=labels, nfe=info["nfe"], **({"prompts": np.asarray(prompts)} if prompts else {}))
         paths["png"] = viz.save_image_grid(stem + ".png", samples[:64], centered=config.data.centered)
     return paths
+
+
+def _text_suffix(prompts: list[str] | None, options: dict) -> str:
+    """``_w<guidance>_<hash of the prompts>`` for text runs: other prompts, another directory."""
+    if not prompts:
+        return ""
+    digest = hashlib.sha1("|".join(prompts).encode()).hexdigest()[:8]
+    return f"_w{options.get('guidance_scale', 0)}_{digest}"
 
 
 def main(argv: list[str]) -> None:
@@ -97,8 +120,11 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--workdir is required")
     parallel.initialize(f.distributed)
     try:
-        paths = run(f.workdir, f.num_samples, f.seed, f.sampler, parse_options(f.opt), f.ema, f.name,
-                    f.batch_size, progress=True)
+        options = parse_options(f.opt)
+        if f.guidance is not None:
+            options["guidance_scale"] = f.guidance
+        paths = run(f.workdir, f.num_samples, f.seed, f.sampler, options, f.ema, f.name,
+                    f.batch_size, progress=True, prompts=split_prompts(f.prompt))
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}")
     if jax.process_index() == 0:
@@ -117,6 +143,9 @@ def cli() -> None:
     flags.DEFINE_bool("ema", True, "use the EMA parameters")
     flags.DEFINE_string("name", None, "output name (default step<N>_<sampler>_seed<seed>)")
     flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first (multi-host)")
+    flags.DEFINE_multi_string("prompt", [], "text prompt(s) for a text-conditioned run (repeatable, or "
+                              "separated by '|'); sample i is drawn for prompt i % len(prompts)")
+    flags.DEFINE_float("guidance", None, "classifier-free guidance weight w (same as --opt guidance_scale=w)")
     app.run(main)
 
 

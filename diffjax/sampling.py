@@ -12,7 +12,8 @@ of processes or the batch size (docs/evaluation.md, "samples"):
   example its own). Batch-coupled steps become per-example too: the PC sampler's Langevin step size
   uses the example's own gradient norm (score_sde: the batch mean) and the adaptive ODE solver
   controls each example's step size by its own error;
-* its class label (class-conditional configs) is ``i % num_classes``;
+* its class label (class-conditional configs) is ``i % num_classes``; for text-conditioned
+  configs (a ``text`` section) its label is its prompt's index ``i % len(prompts)``;
 * a batch of ``global_batch`` indices is split over the ``data x fsdp`` mesh of
   :mod:`diffjax.parallel` and so over all processes; each process keeps the rows its devices hold.
 
@@ -47,16 +48,53 @@ _SHARD = re.compile(r"shard_(\d+)\.npz$")
 
 # ---------------------------------------------------------------------------- samplers
 
-def network_fn(net: Any, params: Any, y: Array | None = None, *, train: bool = False,
-               dropout_key: Array | None = None) -> Callable[[Array, Array], Array]:
-    """``apply_fn(x, noise_labels)`` of a network with bound parameters and class labels."""
+def context_kwargs(context: tuple[Array, Array] | None) -> dict:
+    """The network's keyword arguments for a text context ``(tokens (B, L, D), mask (B, L))``."""
+    return {} if context is None else {"context": context[0], "context_mask": context[1]}
+
+
+def network_fn(net: Any, params: Any, y: Array | None = None, *, context: tuple[Array, Array] | None = None,
+               train: bool = False, dropout_key: Array | None = None) -> Callable[[Array, Array], Array]:
+    """``apply_fn(x, noise_labels)`` of a network with bound parameters, class labels and text
+    context ``(tokens, mask)``."""
 
     def apply_fn(x: Array, noise_labels: Array) -> Array:
         rngs = {"dropout": dropout_key} if train else {}
-        out = net.apply({"params": params}, x, noise_labels, y=y, train=train, rngs=rngs)
+        out = net.apply({"params": params}, x, noise_labels, y=y, train=train, rngs=rngs,
+                        **context_kwargs(context))
         return out.astype(jnp.float32)
 
     return apply_fn
+
+
+def prompt_context(config: Any, prompts: list[str] | None) -> tuple[list[str], tuple[np.ndarray, np.ndarray]]:
+    """``(prompts, (tokens, mask))`` for a text-conditioned config: the prompts (default
+    ``config.text.prompts``) then the null caption ``""`` in the last row, encoded by the config's
+    frozen encoder as its training captions were."""
+    from diffjax.data import captions
+
+    if "text" not in config:
+        raise ValueError("this model was not trained on text (its config has no text section): it takes "
+                         "no prompt; sample it without --prompt")
+    prompts = list(config.text.prompts if prompts is None else prompts)
+    if not prompts:
+        raise ValueError("no prompts given: pass at least one --prompt")
+    blank = [repr(p) for p in prompts if not str(p).strip()]
+    if blank:
+        raise ValueError(f"empty prompt(s) {', '.join(blank)}: the empty caption is the null context of "
+                         "classifier-free guidance; give a description such as 'a thin three'")
+    encoded = captions.encode(prompts + [captions.NULL_CAPTION], captions.load_encoder(config.text.encoder),
+                              config.text.max_tokens)
+    return prompts, (encoded.tokens, encoded.mask)
+
+
+def num_labels(config: Any, prompts: list[str] | None = None) -> int:
+    """How many labels samples cycle through: prompts (text), classes, or 0 (unconditional)."""
+    if "text" in config:
+        return len(config.text.prompts if prompts is None else prompts)
+    if prompts is not None:
+        prompt_context(config, prompts)  # raises: not a text model
+    return config.data.num_classes
 
 
 def sampler_options(config: Any, name: str | None = None, overrides: dict | None = None) -> tuple[str, dict]:
@@ -83,9 +121,10 @@ def check_sampler(config: Any, name: str | None = None, options: dict | None = N
                          f"it accepts: {', '.join(accepted)}")
 
 
-def _sampler(config: Any, net: Any, schedule: Any, name: str | None, options: dict | None
-             ) -> Callable[[Any, Array, Array], tuple[Array, dict]]:
-    """``draw(params, key, labels) -> (samples, info)`` for a batch of ``len(labels)``."""
+def _sampler(config: Any, net: Any, schedule: Any, name: str | None, options: dict | None,
+             prompts: list[str] | None = None) -> Callable[[Any, Array, Array], tuple[Array, dict]]:
+    """``draw(params, key, labels) -> (samples, info)`` for a batch of ``len(labels)`` (for text,
+    labels index ``prompts``)."""
     from diffjax import samplers
 
     check_sampler(config, name, options)
@@ -96,17 +135,26 @@ def _sampler(config: Any, net: Any, schedule: Any, name: str | None, options: di
     num_classes = config.data.num_classes
     shape = data_lib.example_shape(config.data)
     learn_sigma = config.model.get("learn_sigma", False)
+    text = "text" in config
+    if text or prompts is not None:
+        _, (tokens, mask) = prompt_context(config, prompts)
 
     def draw(params: Any, key: Array, labels: Array | None) -> tuple[Array, dict]:
         n = labels.shape[0]
 
-        def conditional(x: Array, t: Array, y: Array | None) -> Array:
-            return predictions.model_fn(network_fn(net, params, y), schedule)(x, t)
+        def conditional(x: Array, t: Array, c: Any) -> Array:
+            y, context = (None, c) if text else (c, None)
+            return predictions.model_fn(network_fn(net, params, y, context=context), schedule)(x, t)
 
-        if guidance_scale:
+        if text:
+            context = (jnp.asarray(tokens)[labels], jnp.asarray(mask)[labels])
+            fn = (samplers.guidance.classifier_free_context(conditional, context, (tokens[-1], mask[-1]),
+                                                            guidance_scale)
+                  if guidance_scale else functools.partial(conditional, c=context))
+        elif guidance_scale:
             fn = samplers.guidance.classifier_free(conditional, labels, guidance_scale, num_classes)
         else:
-            fn = functools.partial(conditional, y=labels if num_classes else None)
+            fn = functools.partial(conditional, c=labels if num_classes else None)
         if learn_sigma and name == "ddpm" and opts.get("variance") == "learned":
             denoise = samplers.learned_variance_denoiser(fn, schedule, config.model.prediction)
         elif learn_sigma:
@@ -122,14 +170,15 @@ def _sampler(config: Any, net: Any, schedule: Any, name: str | None, options: di
     return draw
 
 
-def make_sampler(config: Any, net: Any, schedule: Any, name: str | None = None,
-                 options: dict | None = None) -> Callable[[Any, Array, int], tuple[Array, Array, dict]]:
+def make_sampler(config: Any, net: Any, schedule: Any, name: str | None = None, options: dict | None = None,
+                 prompts: list[str] | None = None) -> Callable[[Any, Array, int], tuple[Array, Array, dict]]:
     """``sample(params, key, n) -> (samples, labels, info)``: one batch from one key (the
     trainer's sample grids); class-conditional configs draw labels ``0, 1, ..., num_classes - 1,
-    0, ...``; ``guidance_scale`` (classifier-free guidance, Ho & Salimans 2021 eq. 6) wraps the
+    0, ...``, text-conditioned ones prompt indices (``prompts``, default ``config.text.prompts``);
+    ``guidance_scale`` (classifier-free guidance, Ho & Salimans 2021 eq. 6) wraps the
     model function before the sampler sees it. Raises for options the sampler does not accept."""
-    draw = _sampler(config, net, schedule, name, options)
-    num_classes = config.data.num_classes
+    draw = _sampler(config, net, schedule, name, options, prompts)
+    num_classes = num_labels(config, prompts)
 
     def sample(params: Any, key: Array, n: int) -> tuple[Array, Array, dict]:
         labels = jnp.arange(n) % max(num_classes, 1)
@@ -140,12 +189,14 @@ def make_sampler(config: Any, net: Any, schedule: Any, name: str | None = None,
 
 
 def make_indexed_sampler(config: Any, net: Any, schedule: Any, name: str | None = None,
-                         options: dict | None = None) -> Callable[[Any, Array, Array], tuple[Array, Array, Array]]:
+                         options: dict | None = None, prompts: list[str] | None = None
+                         ) -> Callable[[Any, Array, Array], tuple[Array, Array, Array]]:
     """``sample(params, key, indices) -> (samples, labels, nfe)``: sample ``i`` drawn from
-    ``fold_in(key, i)`` with label ``i % num_classes`` (0 when unconditional), independently of
-    the other indices in the batch; ``nfe`` is the largest NFE of the batch."""
-    draw = _sampler(config, net, schedule, name, options)
-    num_classes = config.data.num_classes
+    ``fold_in(key, i)`` with label ``i % num_classes`` (0 when unconditional; text: the prompt
+    index ``i % len(prompts)``), independently of the other indices in the batch; ``nfe`` is the
+    largest NFE of the batch."""
+    draw = _sampler(config, net, schedule, name, options, prompts)
+    num_classes = num_labels(config, prompts)
 
     def one(params: Any, key: Array, i: Array) -> tuple[Array, Array, Array]:
         label = (i % num_classes if num_classes else jnp.zeros_like(i)).astype(jnp.int32)
@@ -235,11 +286,12 @@ def batch_indices(start: int, size: int, mesh: Mesh) -> Array:
 
 
 def sharded_sampler(config: Any, net: Any, schedule: Any, mesh: Mesh, params: Any, name: str | None = None,
-                    options: dict | None = None) -> Callable[[Any, Array, Array], tuple[Array, Array, Array]]:
+                    options: dict | None = None, prompts: list[str] | None = None
+                    ) -> Callable[[Any, Array, Array], tuple[Array, Array, Array]]:
     """:func:`make_indexed_sampler` compiled over ``mesh``: indices, samples and labels split over
     the batch axes, params as placed by :func:`place_params`, the NFE replicated."""
     batch = parallel.batch_sharding(mesh)
-    return jax.jit(make_indexed_sampler(config, net, schedule, name, options),
+    return jax.jit(make_indexed_sampler(config, net, schedule, name, options, prompts),
                    in_shardings=(parallel.state_sharding(params, mesh), parallel.replicated(mesh), batch),
                    out_shardings=(batch, batch, parallel.replicated(mesh)))
 
@@ -332,20 +384,22 @@ def _check_meta(out_dir: str, meta: dict) -> None:
 
 def sample_to_dir(config: Any, net: Any, schedule: Any, params: Any, out_dir: str, *, num_samples: int,
                   seed: int = 0, batch_size: int = 64, sampler: str | None = None, options: dict | None = None,
-                  mesh: Mesh | None = None, meta: dict | None = None, progress: bool = False) -> dict:
+                  mesh: Mesh | None = None, meta: dict | None = None, progress: bool = False,
+                  prompts: list[str] | None = None) -> dict:
     """Draw samples ``0 .. num_samples - 1`` into shard files under ``out_dir``, skipping the
     batches already written (a killed run continues). ``params``: host arrays. ``meta``: what
     identifies the sample set besides sampler and seed (e.g. the checkpoint step); a directory
-    written with other settings raises. Returns ``{"nfe", "num_drawn", "wall_time_s",
+    written with other settings raises. ``prompts``: text-conditioned configs (sample ``i`` is
+    drawn for prompt ``i % len(prompts)``). Returns ``{"nfe", "num_drawn", "wall_time_s",
     "num_devices", "num_processes"}``."""
     mesh = make_mesh(config) if mesh is None else mesh
     gb = global_batch_size(batch_size, num_samples, mesh)
     name, opts = sampler_options(config, sampler, options)
     _check_meta(out_dir, {"sampler": name, "options": {k: repr(v) for k, v in sorted(opts.items())},
-                          "seed": seed, **(meta or {})})
+                          "seed": seed, **({"prompts": list(prompts)} if prompts else {}), **(meta or {})})
     starts = _missing_batches(out_dir, list(range(0, num_samples, gb)), gb, num_samples, mesh)
     placed = place_params(params, mesh)
-    fn = sharded_sampler(config, net, schedule, mesh, placed, sampler, options)
+    fn = sharded_sampler(config, net, schedule, mesh, placed, sampler, options, prompts)
     bar = None
     if progress and jax.process_index() == 0:
         from tqdm.auto import tqdm

@@ -5,7 +5,7 @@
 subset, about ten minutes on a laptop CPU) into ``./runs/quickstart``. Every config field can be
 overridden (``--config.training.batch_size=64``). Re-running the same command resumes from the
 newest good checkpoint in ``DIR`` (a damaged one is set aside as ``<step>.damaged-<reason>``);
-SIGTERM or Ctrl-C saves a checkpoint and stops. A non-finite loss or update is skipped on device;
+SIGTERM or Ctrl-C saves a checkpoint and stops. A non-finite loss or gradient is skipped on device;
 ``training.max_consecutive_nonfinite`` of them in a row stop the run (``training.nonfinite``).
 
 ``DIR`` receives ``checkpoints/`` (Orbax), ``tb/`` (TensorBoard scalars), ``metrics.jsonl``
@@ -128,10 +128,18 @@ def _dummy_inputs(config: Any, n: int = 1) -> tuple[Array, Array, Array | None]:
     return x, jnp.zeros((n,), jnp.float32), y
 
 
+def _dummy_context(config: Any, n: int = 1) -> tuple[Array, Array] | None:
+    if "text" not in config:
+        return None
+    return (jnp.zeros((n, config.text.max_tokens, config.model.context_dim), jnp.float32),
+            jnp.ones((n, config.text.max_tokens), bool))
+
+
 def init_state(config: Any, net: Any, tx: optax.GradientTransformation, key: Array) -> TrainState:
     init_key, dropout_key, state_key = jax.random.split(key, 3)
     x, noise_labels, y = _dummy_inputs(config)
-    params = net.init({"params": init_key, "dropout": dropout_key}, x, noise_labels, y=y, train=False)["params"]
+    params = net.init({"params": init_key, "dropout": dropout_key}, x, noise_labels, y=y, train=False,
+                      **sampling.context_kwargs(_dummy_context(config)))["params"]
     zero = jnp.zeros((), jnp.int32)
     return TrainState(step=zero, params=params, ema_params=jax.tree.map(jnp.copy, params),
                       opt_state=tx.init(params), key=state_key, nonfinite_run=zero, nonfinite_total=zero)
@@ -150,6 +158,12 @@ def _conditioning(config: Any, batch: dict, key: Array) -> Array | None:
     return y
 
 
+def _context(config: Any, batch: dict) -> tuple[Array, Array] | None:
+    """The text context ``(tokens, mask)`` of a text-conditioned batch; the loader has already
+    put the null caption in place of the dropped ones (``diffjax.data.captions``)."""
+    return (batch["context"], batch["context_mask"]) if "text" in config else None
+
+
 def make_train_step(config: Any, net: Any, schedule: Any, loss_fn: Callable,
                     tx: optax.GradientTransformation) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """``step(state, batch) -> (state, metrics)``: one optimiser update on ``batch`` (split into
@@ -163,7 +177,8 @@ def make_train_step(config: Any, net: Any, schedule: Any, loss_fn: Callable,
         dropout_key, loss_key, cond_key = jax.random.split(key, 3)
         y = _conditioning(config, batch, cond_key)
         fn = predictions.model_fn(
-            sampling.network_fn(net, params, y, train=True, dropout_key=dropout_key), schedule)
+            sampling.network_fn(net, params, y, context=_context(config, batch), train=True,
+                                dropout_key=dropout_key), schedule)
         return loss_fn(fn, batch["image"], loss_key, schedule)
 
     grad_fn = jax.value_and_grad(loss_of, has_aux=True)
@@ -191,13 +206,20 @@ def make_train_step(config: Any, net: Any, schedule: Any, loss_fn: Callable,
         params = optax.apply_updates(state.params, updates)
         decay = ema_decay(config.optim, state.step, config.training.batch_size)
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-        # A non-finite loss or update is skipped on device (no host round trip): the step and
+        # A non-finite loss or gradient is skipped on device (no host round trip): the step and
         # the key advance, params, EMA and optimiser state stay; the loop reads the counters.
-        ok = all_finite((loss, params, opt_state))
+        # One scalar decides: the loss and the global gradient norm (finite gradients give a
+        # finite Adam update; with ``zero_nonfinite_grads`` the optimiser sanitises them itself).
+        # Testing every leaf of the new state instead made XLA's compile of the step 11x slower
+        # and 4x larger in memory (bench/RESULTS.md, "Compile time").
+        grad_norm = optax.tree.norm(grads)
+        ok = jnp.isfinite(loss)
+        if not config.optim.zero_nonfinite_grads:
+            ok = ok & jnp.isfinite(grad_norm)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)  # noqa: E731
         run = jnp.where(ok, 0, state.nonfinite_run + 1)
         metrics = {"loss": loss, **{f"loss/{k}": v for k, v in terms.items()},
-                   "grad_norm": optax.tree.norm(grads), "lr": lr_fn(state.step), "ema_decay": decay,
+                   "grad_norm": grad_norm, "lr": lr_fn(state.step), "ema_decay": decay,
                    "skipped": 1.0 - ok.astype(jnp.float32)}
         return TrainState(step=state.step + 1, params=keep(params, state.params), ema_params=keep(ema, state.ema_params),
                           opt_state=keep(opt_state, state.opt_state), key=key, nonfinite_run=run,
@@ -211,12 +233,6 @@ def make_train_step(config: Any, net: Any, schedule: Any, loss_fn: Callable,
         return state, jax.tree.map(jnp.mean, metrics)
 
     return several_steps
-
-
-def all_finite(tree: Any) -> Array:
-    """Whether every floating-point value of ``tree`` is finite (a scalar bool, on device)."""
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-                              if jnp.issubdtype(x.dtype, jnp.inexact)]))
 
 
 # --- validation (before any compute) --------------------------------------------------------
@@ -242,8 +258,12 @@ def validate(config: Any) -> None:
         raise ValueError(f"training.compute_dtype must be 'float32' or 'bfloat16', got {t.compute_dtype!r}")
     if config.model.prediction not in predictions.KINDS:
         raise ValueError(f"model.prediction must be one of {predictions.KINDS}, got {config.model.prediction!r}")
-    if t.cond_drop_prob > 0 and not config.data.num_classes:
-        raise ValueError("training.cond_drop_prob > 0 needs a class-conditional model (data.num_classes > 0)")
+    if t.cond_drop_prob > 0 and not config.data.num_classes and "text" not in config:
+        raise ValueError("training.cond_drop_prob > 0 needs a class-conditional model (data.num_classes > 0) "
+                         "or a text-conditioned one (a config.text section)")
+    if "text" in config and not config.model.get("context_dim"):
+        raise ValueError("a text-conditioned config (config.text) needs a network with cross-attention: "
+                         "set model.context_dim to the text encoder's width")
     if t.nonfinite not in ("skip", "stop"):
         raise ValueError(f"training.nonfinite must be 'skip' or 'stop', got {t.nonfinite!r}")
     if t.max_consecutive_nonfinite < 1 or t.keep_period < 0:

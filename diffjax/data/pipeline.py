@@ -8,6 +8,8 @@ examples in the split, global batch ``B = P * b`` (``P`` processes of ``b`` exam
   record ``perm_e[g - e K B]`` of the split, where ``perm_e`` is the permutation of ``range(N)``
   drawn by ``np.random.default_rng([seed, e])``;
 - its random horizontal flip is drawn from the counter-based ``Philox(key=(seed, g))``;
+- with captions (text-conditioned configs), its caption, and whether it is dropped to the null
+  caption, are drawn from ``(seed, record, e)`` (``diffjax.data.captions``);
 - host ``p`` reads positions ``[k B + p b, k B + (p + 1) b)`` of global batch ``k``: the hosts'
   batches, concatenated in process order, are the global batch.
 
@@ -96,6 +98,10 @@ class GlobalOrder:
                     self.num_records)
             return self._permutations[epoch]
 
+    def epoch(self, g: int) -> int:
+        """The epoch global position ``g`` falls in."""
+        return g // (self.batches_per_epoch * self.global_batch)
+
     def record(self, g: int) -> int:
         """The record of the split that global position ``g`` reads."""
         epoch, i = divmod(g, self.batches_per_epoch * self.global_batch)
@@ -114,14 +120,16 @@ def host_position(h: int, batch_size: int, process_index: int, process_count: in
 
 def read_batch(k: int, *, source: Any, order: GlobalOrder, seed: int, batch_size: int,
                process_index: int, process_count: int, image_size: int, num_channels: int,
-               resize: str, random_flip: bool, centered: bool) -> Batch:
+               resize: str, random_flip: bool, centered: bool, captions: Any = None) -> Batch:
     """This host's part of global batch ``k``: the examples at its global positions, read from the
     source in one call (per-example reads cost 4x the throughput at 32x32), resized or padded,
-    each maybe flipped by its own global-position coin, and scaled."""
+    each maybe flipped by its own global-position coin, and scaled; with ``captions`` (a
+    ``captions.CaptionedMNIST``) also each example's caption index and text context."""
     first = host_position(k * batch_size, batch_size, process_index, process_count)
     positions = range(first, first + batch_size)
     images = []
-    examples = source.get([order.record(g) for g in positions])
+    records = [order.record(g) for g in positions]
+    examples = source.get(records)
     for g, (image, _) in zip(positions, examples):
         image = image[..., None] if image.ndim == 2 else image
         if image.shape[-1] != num_channels:
@@ -129,8 +137,11 @@ def read_batch(k: int, *, source: Any, order: GlobalOrder, seed: int, batch_size
                              f"data.num_channels is {num_channels}")
         image = to_size(image, image_size, resize)
         images.append(image[:, ::-1] if random_flip and flip(seed, g) else image)
-    return {"image": scale(np.stack(images), centered),
-            "label": np.asarray([label for _, label in examples], np.int32)}
+    batch = {"image": scale(np.stack(images), centered),
+             "label": np.asarray([label for _, label in examples], np.int32)}
+    if captions is not None:
+        batch.update(captions.lookup(records, [order.epoch(g) for g in positions]))
+    return batch
 
 
 def draw_toy(k: int, *, source: ToySource, batch_size: int, process_index: int,
@@ -149,14 +160,16 @@ def _stop(reading: list) -> None:
 
 class Loader:
     """Iterator of this host's batches ``{"image": (b, H, W, C) float32, "label": (b,) int32}``
-    (toy sources: ``{"image": (b, 2)}``); ``batch_size`` is ``b``, the per-host batch.
+    (toy sources: ``{"image": (b, 2)}``; with ``captions`` also ``"caption"`` (b,) int32,
+    ``"context"`` (b, L, D) float32 and ``"context_mask"`` (b, L) bool); ``batch_size`` is ``b``,
+    the per-host batch.
     ``prefetch`` batches are read ahead, each by its own thread, in each of ``num_workers``
     worker processes (0: in this process)."""
 
     def __init__(self, source: Any, batch_size: int, seed: int, process_index: int = 0,
                  process_count: int = 1, *, image_size: int = 0, num_channels: int = 0,
                  random_flip: bool = False, resize: str = "resize", centered: bool = True,
-                 prefetch: int = 2, num_workers: int = 0):
+                 prefetch: int = 2, num_workers: int = 0, captions: Any = None):
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
         self.source, self.batch_size, self.seed = source, batch_size, seed
@@ -172,7 +185,7 @@ class Loader:
             self.batches = grain.MapDataset.range(_ENDLESS).map(functools.partial(
                 read_batch, source=source, order=self.order, seed=seed, image_size=image_size,
                 num_channels=num_channels, resize=resize, random_flip=random_flip,
-                centered=centered, **host))
+                centered=centered, captions=captions, **host))
         self._read_options = grain.ReadOptions(num_threads=prefetch, prefetch_buffer_size=prefetch)
         self._workers = grain.MultiprocessingOptions(num_workers=num_workers,
                                                      per_worker_buffer_size=prefetch)

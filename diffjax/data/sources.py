@@ -1,15 +1,24 @@
-"""Random-access example sources: a TFDS split, the bundled MNIST subset, a toy 2D density.
+"""Random-access example sources: a TFDS split, the bundled MNIST subset, an image ``.npz`` file
+(e.g. synthetic data written by ``python -m diffjax.synthesize``), several of these concatenated,
+a toy 2D density.
 
 Every host opens the whole split: which examples a host reads is decided by the global order of
 ``diffjax.data.pipeline``, not by the source. Image sources have ``len(source)`` and
 ``source.get(records) -> list of (uint8 HWC image, int label)``. Toy sources are endless:
 ``source.draw(positions)`` gives the points at global stream positions ``positions``.
+
+An image ``.npz`` file (:func:`save_npz`, :func:`load_npz`) holds ``images`` (uint8
+``(N, H, W, C)``), ``labels`` (integer ``(N,)``) and ``meta`` (a JSON object: where the images
+came from). ``data.source = "mnist_offline+npz:synthetic.npz"`` trains on the real digits and the
+file's images together (``+`` joins any image sources; their records are numbered in order).
 """
 from __future__ import annotations
 
 import functools
 import gzip
+import json
 import os
+import zipfile
 from typing import Any, Sequence
 
 import jax
@@ -75,17 +84,124 @@ class ArraySource:
         return [(self._images[r], int(self._labels[r])) for r in np.asarray(records)]
 
 
-def image_source(data_config: Any, split: str) -> TFDSSource | ArraySource:
-    """The whole ``split`` of the image dataset named by ``data_config.source``."""
-    kind, _, name = data_config.source.partition(":")
+def check_images(images: Any, labels: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(images, labels)`` as uint8 ``(N, H, W, C)`` and int32 ``(N,)``, or a ``ValueError``
+    naming ``what`` and what was wrong."""
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"{what}: images must be uint8 of shape (N, H, W, C), got {images.dtype} "
+                         f"{images.shape}")
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{what}: labels must be integers of shape ({len(images)},), one per image, "
+                         f"got {labels.dtype} {labels.shape}")
+    if len(labels) and labels.min() < 0:
+        raise ValueError(f"{what}: labels must be >= 0, got {labels.min()}")
+    return images, labels.astype(np.int32)
+
+
+def save_npz(path: str, images: np.ndarray, labels: np.ndarray, meta: dict | None = None) -> str:
+    """Write an image ``.npz`` file atomically (a temporary file in the same directory, then a
+    rename: a crash never leaves a half-written ``path``)."""
+    images, labels = check_images(images, labels, f"save_npz({path!r})")
+    path = os.path.abspath(os.path.expanduser(path))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+            np.savez(f, images=images, labels=labels, meta=json.dumps(meta or {}))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_npz(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``(images, labels, meta)`` of an image ``.npz`` file written by :func:`save_npz`; a missing,
+    truncated or foreign file is a ``ValueError`` that says which and what was expected."""
+    path = os.path.expanduser(path)
+    expected = ("an .npz with 'images' (uint8 N,H,W,C), 'labels' (int N,) and 'meta' (JSON), as "
+                "written by python -m diffjax.synthesize or diffjax.data.sources.save_npz")
+    if not os.path.isfile(path):
+        raise ValueError(f"no image .npz file at {path!r}; expected {expected}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = sorted({"images", "labels"} - set(f.files))
+            if missing:
+                raise ValueError(f"{path!r} has no {missing} (it has {sorted(f.files)}); expected {expected}")
+            images, labels = f["images"], f["labels"]
+            meta = json.loads(str(f["meta"])) if "meta" in f.files else {}
+    except (OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {path!r} ({type(e).__name__}: {e}); expected {expected}") from None
+    except ValueError as e:
+        if str(e).startswith(repr(path)):
+            raise
+        raise ValueError(f"cannot read {path!r} ({e}); expected {expected}") from None
+    return (*check_images(images, labels, path), meta)
+
+
+def keep_fraction(labels: np.ndarray, fractions: dict[int, float], seed: int = 0) -> np.ndarray:
+    """Indices (increasing) of the examples kept when only ``fractions[k]`` of class ``k`` is kept
+    (an imbalanced training set): ``floor(fractions[k] * n_k + 1/2)`` examples of the ``n_k`` of
+    class ``k`` (the nearest integer, halves rounded up), chosen by
+    ``np.random.default_rng(seed)``, and every example of the other classes."""
+    labels = np.asarray(labels)
+    keep = np.ones(len(labels), bool)
+    rng = np.random.default_rng(seed)
+    for k, fraction in sorted(fractions.items()):
+        members = np.flatnonzero(labels == k)
+        if not len(members):
+            raise ValueError(f"keep_fraction: class {k!r} has no examples; the labels hold "
+                             f"{sorted(set(labels.tolist()))}")
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"keep_fraction: the fraction of class {k} must be in [0, 1], got {fraction}")
+        dropped = rng.permutation(members)[int(np.floor(fraction * len(members) + 0.5)):]
+        keep[dropped] = False
+    return np.flatnonzero(keep)
+
+
+class ConcatSource:
+    """Image sources one after the other: record ``r`` of the whole is record ``r - offset_i`` of
+    the source ``i`` whose range holds it."""
+
+    def __init__(self, sources: Sequence[Any]):
+        self.sources = list(sources)
+        self.offsets = np.cumsum([0] + [len(s) for s in self.sources])
+        self.has_labels = all(getattr(s, "has_labels", True) for s in self.sources)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def get(self, records: Sequence[int]) -> list[Example]:
+        records = np.asarray(records, np.int64)
+        which = np.searchsorted(self.offsets, records, side="right") - 1
+        out: list[Example | None] = [None] * len(records)
+        for i in np.unique(which):  # one read per source, as the pipeline reads a batch
+            rows = np.flatnonzero(which == i)
+            for row, example in zip(rows, self.sources[i].get(records[rows] - self.offsets[i])):
+                out[row] = example
+        return out
+
+
+def _one_source(source: str, data_config: Any, split: str) -> TFDSSource | ArraySource:
+    kind, _, name = source.partition(":")
     if kind == "tfds":
         return TFDSSource(name, split, data_config.get("data_dir"))
-    if data_config.source == "mnist_offline":
+    if source in ("mnist_offline", f"npz:{name}"):
         if split != "train":
-            raise ValueError("mnist_offline has only the split 'train'")
-        return ArraySource(*load_mnist_5k())
-    raise ValueError(f"unknown data.source {data_config.source!r}; expected 'tfds:<name>', "
-                     "'mnist_offline' or 'toy:<name>'")
+            raise ValueError(f"{source} has only the split 'train', got data.split={split!r}")
+        return ArraySource(*load_mnist_5k()) if kind == "mnist_offline" else ArraySource(*load_npz(name)[:2])
+    raise ValueError(f"unknown data.source {source!r}; expected 'tfds:<name>', 'mnist_offline', "
+                     "'npz:<path>', several of these joined by '+', or 'toy:<name>'")
+
+
+def image_source(data_config: Any, split: str) -> TFDSSource | ArraySource | ConcatSource:
+    """The whole ``split`` of the image dataset named by ``data_config.source`` (sources joined by
+    ``+`` are concatenated, e.g. ``"mnist_offline+npz:synthetic.npz"``)."""
+    parts = data_config.source.split("+")
+    if len(parts) == 1:
+        return _one_source(parts[0], data_config, split)
+    return ConcatSource([_one_source(part, data_config, split) for part in parts])
 
 
 @functools.partial(jax.jit, static_argnames="name")

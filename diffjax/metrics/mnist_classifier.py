@@ -70,8 +70,21 @@ def _shift(key, images, max_shift: int = 2):
 
 def train(images: np.ndarray, labels: np.ndarray, *, epochs: int = 8, batch_size: int = 128,
           learning_rate: float = 2e-3, seed: int = 0):
-    """Adam with cosine decay and random shifts; returns (variables, held-out accuracy)."""
+    """:func:`fit` on all but the held-out examples of :func:`split`; returns (variables,
+    held-out accuracy)."""
     (x_tr, y_tr), (x_te, y_te) = split(check_mnist_images(images), np.asarray(labels), seed)
+    variables = fit(x_tr, y_tr, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed)
+    return variables, accuracy(make_apply_fn(variables), x_te, y_te)
+
+
+def fit(x_tr: np.ndarray, y_tr: np.ndarray, *, epochs: int = 8, batch_size: int = 128,
+        learning_rate: float = 2e-3, seed: int = 0) -> dict:
+    """Train on every given example: Adam with cosine decay and random shifts, ``epochs`` passes
+    of ``len(x_tr) // batch_size`` shuffled batches; returns the variables."""
+    x_tr, y_tr = check_mnist_images(x_tr), np.asarray(y_tr)
+    if len(x_tr) < batch_size or y_tr.shape != (len(x_tr),):
+        raise ValueError(f"fit needs at least one batch ({batch_size}) of images and one label per image, "
+                         f"got {len(x_tr)} images and labels of shape {y_tr.shape}")
     model = MNISTClassifier()
     key = jax.random.key(seed)
     params = model.init(key, x_tr[:1])["params"]
@@ -96,8 +109,7 @@ def train(images: np.ndarray, labels: np.ndarray, *, epochs: int = 8, batch_size
             idx = perm[i * batch_size:(i + 1) * batch_size]
             key, sub = jax.random.split(key)
             params, opt_state = step(params, opt_state, x_tr[idx], y_tr[idx], sub)
-    variables = {"params": params}
-    return variables, accuracy(make_apply_fn(variables), x_te, y_te)
+    return {"params": params}
 
 
 def make_apply_fn(variables) -> Callable:
@@ -107,13 +119,28 @@ def make_apply_fn(variables) -> Callable:
     return lambda images: apply(variables, check_mnist_images(images))
 
 
+def predict(apply_fn: Callable, images, batch_size: int = 500) -> np.ndarray:
+    """The predicted class of each image."""
+    return np.concatenate([np.argmax(np.asarray(apply_fn(images[i:i + batch_size])["logits"]), -1)
+                           for i in range(0, len(images), batch_size)])
+
+
 def accuracy(apply_fn: Callable, images, labels, batch_size: int = 500) -> float:
     """Fraction of `images` classified as `labels` (for class-conditional samples: the labels
     they were drawn for)."""
+    return float(np.mean(predict(apply_fn, images, batch_size) == np.asarray(labels)))
+
+
+def per_class_accuracy(apply_fn: Callable, images, labels, num_classes: int = 10,
+                       batch_size: int = 500) -> np.ndarray:
+    """``(num_classes,)``: entry ``k`` is the fraction of the images labelled ``k`` classified as
+    ``k`` (the recall of class ``k``; NaN when no image is labelled ``k``)."""
     labels = np.asarray(labels)
-    preds = np.concatenate([np.argmax(np.asarray(apply_fn(images[i:i + batch_size])["logits"]), -1)
-                            for i in range(0, len(images), batch_size)])
-    return float(np.mean(preds == labels))
+    correct = predict(apply_fn, images, batch_size) == labels
+    counts = np.bincount(labels, minlength=num_classes)[:num_classes]
+    hits = np.bincount(labels[correct], minlength=num_classes)[:num_classes]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return hits / counts
 
 
 def save(path, variables, info: dict) -> None:

@@ -68,7 +68,8 @@ class Attention(nn.Module):
 
     Self-attention when ``context`` is None (DDPM's AttnBlock, score_sde's AttnBlockpp, ADM's
     AttentionBlock); cross-attention to a (B, L, D_ctx) sequence otherwise (keys and values are
-    projections of ``context``, queries of the normalised image features).
+    projections of ``context``, queries of the normalised image features); ``mask`` (B, L) bool
+    marks the context positions to attend to (padded tokens are False; each row needs one True).
     Output ``x + out(attn)``, divided by sqrt(2) when ``skip_rescale`` (NCSN++).
     """
     num_heads: int = 1
@@ -81,7 +82,7 @@ class Attention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, context: Optional[Array] = None) -> Array:
+    def __call__(self, x: Array, context: Optional[Array] = None, mask: Optional[Array] = None) -> Array:
         B, H, W, C = x.shape
         if C % self.num_heads:
             raise ValueError(f"attention: {C} channels do not split into {self.num_heads} heads")
@@ -93,6 +94,8 @@ class Attention(nn.Module):
         heads = lambda a: a.reshape(B, a.shape[1], self.num_heads, C // self.num_heads)  # noqa: E731
         q, k, v = heads(dense("to_q")(h)), heads(dense("to_k")(kv)), heads(dense("to_v")(kv))
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(C // self.num_heads)
+        if mask is not None:
+            logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
         w = jax.nn.softmax(logits, axis=-1).astype(v.dtype)  # softmax in float32, as the references
         out = jnp.einsum("bhqk,bkhd->bqhd", w, v).reshape(B, H * W, C)
         out = dense("to_out_0", self.out_init)(out).reshape(B, H, W, C)

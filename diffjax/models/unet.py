@@ -14,7 +14,7 @@ for ``down_blocks.0.resnets.1.conv1``) so that ``diffjax.convert.diffusers_unet`
 diffusers conversions of the original checkpoints (google/ddpm-cifar10-32, ...) one to one.
 Additions, all off by default: class labels (``num_classes``; an embedding with a null row
 added to the time embedding), cross-attention to ``context`` after every self-attention
-(``context_dim``), several attention heads (``attn_head_dim``), learned variances
+(``context_dim``; ``context_mask`` (B, L) marks the real, unpadded tokens), several attention heads (``attn_head_dim``), learned variances
 (``learn_sigma``: 2C output channels).
 """
 from __future__ import annotations
@@ -78,7 +78,8 @@ class DDPMUNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, noise_labels: Array, y: Optional[Array] = None,
-                 context: Optional[Array] = None, train: bool = False) -> Array:
+                 context: Optional[Array] = None, train: bool = False,
+                 context_mask: Optional[Array] = None) -> Array:
         levels = len(self.ch_mult)
         noise_labels = check_inputs(x, noise_labels, channels=self.in_channels,
                                     divisor=2 ** (levels - 1), name="DDPMUNet")
@@ -92,7 +93,7 @@ class DDPMUNet(nn.Module):
             attn = lambda n: Attention(heads, self.num_groups, self.epsilon, name=n, **kw)  # noqa: E731
             h = attn(f"{prefix}_attentions_{index}")(h)
             if self.context_dim:
-                h = attn(f"{prefix}_cross_attentions_{index}")(h, context)
+                h = attn(f"{prefix}_cross_attentions_{index}")(h, context, context_mask)
             return h
 
         temb_dim = 4 * self.ch

@@ -21,6 +21,10 @@ Every sampler is ``fn(denoise_fn, schedule, x_T, key, **options) -> (x_0, info)`
 (``uniform``, ``quadratic``, ``leading``, ``trailing``, ``linspace``, ``karras``, ``logsnr``), ``t_end``,
 ``sigma_min``, ``sigma_max``, ``rho``, ``final`` (``t_end``, ``append_zero``, ``replace_zero``) or an
 explicit grid ``ts``. Times are in the float type of ``x_T`` (float64 under ``jax_enable_x64``).
+
+``inpaint(name, denoise_fn, schedule, key, observed, mask, resample=1, jump=1, **options)`` and
+``colorize(name, denoise_fn, schedule, key, gray, ...)`` condition any sampler with a step loop on a
+known part (replacement, RePaint resampling; ``samplers.inpaint``), through its ``constraint`` option.
 """
 from __future__ import annotations
 
@@ -32,10 +36,11 @@ import jax
 
 from diffjax.samplers import guidance
 from diffjax.samplers.ancestral import ddim, ddim_step, ddpm, ddpm_step, learned_variance_denoiser
-from diffjax.samplers.common import FINALS, SPACINGS, Grid, time_grid
+from diffjax.samplers.common import FINALS, SPACINGS, Constraint, Grid, time_grid
 from diffjax.samplers.dpm_solver import dpm_solver_pp_2m, dpm_solver_singlestep
 from diffjax.samplers.edm import edm_sampler
 from diffjax.samplers.gmm import GaussianMixture, gaussian_pf_ode_map
+from diffjax.samplers.inpaint import COLOR_BASIS, colorize, inpaint, replacement, to_gray
 from diffjax.samplers.ode import ode_adaptive, ode_euler, ode_heun, pf_ode_velocity
 from diffjax.samplers.sde import annealed_langevin, pc
 from diffjax.schedules import Schedule
@@ -100,8 +105,9 @@ def sample(name: str, denoise_fn: Callable, schedule: Schedule, key: Array, shap
 
 
 __all__ = [
-    "FINALS", "GaussianMixture", "Grid", "SPACINGS", "annealed_langevin", "ddim", "ddim_step", "ddpm", "ddpm_step",
-    "dpm_solver_pp_2m", "dpm_solver_singlestep", "edm_sampler", "gaussian_pf_ode_map", "get", "guidance",
+    "COLOR_BASIS", "Constraint", "FINALS", "GaussianMixture", "Grid", "SPACINGS", "annealed_langevin", "colorize",
+    "ddim", "ddim_step", "ddpm", "ddpm_step",
+    "dpm_solver_pp_2m", "dpm_solver_singlestep", "edm_sampler", "gaussian_pf_ode_map", "get", "guidance", "inpaint",
     "learned_variance_denoiser", "names", "ode_adaptive", "ode_euler", "ode_heun", "options", "pc", "pf_ode_velocity",
-    "sample", "time_grid",
+    "replacement", "sample", "time_grid", "to_gray",
 ]

@@ -79,7 +79,7 @@ def _check_learned(out: Any, x: Array) -> tuple[Array, Array]:
 def ddpm(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *, steps: int | None = None,
          spacing: str = "uniform", ts: Any = None, t_end: float | None = None, sigma_min: float | None = None,
          sigma_max: float | None = None, rho: float = 7.0, final: str | None = None,
-         variance: str = "beta_tilde") -> tuple[Array, dict]:
+         variance: str = "beta_tilde", constraint: common.Constraint | None = None) -> tuple[Array, dict]:
     """DDPM ancestral sampling (Ho et al. 2020, Alg. 2), on all T steps by default.
 
     ``variance``: ``"beta"`` (sigma_t^2 = beta_t), ``"beta_tilde"`` (the posterior variance) or
@@ -106,14 +106,14 @@ def ddpm(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *, st
         noise = jnp.where(i <= last_noisy, 1.0, 0.0) * jax.random.normal(k, x.shape, x.dtype)
         return ddpm_step(x, x0, t, s, schedule, variance, noise, v)
 
-    x = common.scan_steps(step, x_T, grid.ts, key)
+    x = common.scan_steps(step, x_T, grid.ts, key, constraint)
     return common.finish(x, grid, lambda x, t: x0_and_v(x, t)[0]), {"nfe": grid.steps}
 
 
 def ddim(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *, steps: int | None = 50,
          eta: float = 0.0, spacing: str = "uniform", ts: Any = None, t_end: float | None = None,
          sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0,
-         final: str | None = None) -> tuple[Array, dict]:
+         final: str | None = None, constraint: common.Constraint | None = None) -> tuple[Array, dict]:
     """DDIM (Song et al. 2021a, eq. 12) with stochasticity ``eta`` on a respaced grid.
 
     ``spacing="uniform"`` or ``"quadratic"`` are the DDIM code's strides on a ``DiscreteSchedule``;
@@ -131,7 +131,7 @@ def ddim(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *, st
         x0 = fn(x, common.per_example(t, x))
         return ddim_step(x, x0, t, s, schedule, eta, jax.random.normal(k, x.shape, x.dtype))
 
-    x = common.scan_steps(step, x_T, grid.ts, key)
+    x = common.scan_steps(step, x_T, grid.ts, key, constraint)
     return common.finish(x, grid, fn), {"nfe": grid.steps}
 
 

@@ -231,8 +231,90 @@ def score_from_x0(x: Array, x0: Array, t: Array, schedule: Schedule) -> Array:
     return predictions.convert(x0, x, t, schedule, source="x0", target="score")
 
 
-def scan_steps(step: Callable, carry: Any, ts: Array, key: Array | None = None):
-    """Run ``step(carry, (t, s, i, key_i)) -> carry`` over consecutive pairs of ``ts`` in one scan."""
+class Constraint(NamedTuple):
+    """A known part of the sample that the step loop keeps consistent (inpainting, colourisation).
+
+    ``project(x, t, key)`` returns x with its known part replaced by the observation diffused to time
+    t (``samplers.inpaint.replacement`` builds one); ``scan_steps`` applies it after every step, at the
+    time the step lands on. ``resample`` > 1 is RePaint's resampling (Lugmayr et al. 2022, Alg. 1 and
+    Sec. 4.2): every block of ``jump`` steps is run ``resample`` times, x being re-noised by the forward
+    process ``q(x_t | x_s)`` from the block's end back to its start between runs. ``key`` draws the
+    noise of the projections and re-noisings.
+    """
+
+    project: Callable[[Array, Array, Array], Array]
+    schedule: Schedule
+    key: Array
+    resample: int = 1
+    jump: int = 1
+
+
+def renoise(schedule: Schedule, x: Array, s: Array, t: Array, key: Array) -> Array:
+    """A draw of ``q(x_t | x_s)``, s < t: ``r x_s + sqrt(sigma_t^2 - r^2 sigma_s^2) z`` with ``r = alpha_t / alpha_s``."""
+    ratio = schedule.alpha(t) / schedule.alpha(s)
+    var = jnp.maximum(schedule.sigma(t) ** 2 - ratio ** 2 * schedule.sigma(s) ** 2, 0.0)
+    return ratio * x + jnp.sqrt(var) * jax.random.normal(key, x.shape, x.dtype)
+
+
+def repaint_actions(n: int, resample: int, jump: int) -> np.ndarray:
+    """RePaint's walk over n steps as rows ``(is_jump, i, end, block_start)``.
+
+    A step row runs step i (``ts[i] -> ts[i + 1]``); a jump row re-noises from ``ts[end]`` back to
+    ``ts[i]``. Each block of ``jump`` steps (the last one may be shorter) runs ``resample`` times.
+    """
+    rows = []
+    for b in range(0, n, jump):
+        e = min(b + jump, n)
+        for u in range(resample):
+            if u:
+                rows.append((1, b, e, 0))
+            rows.extend((0, i, i + 1, int(i == b)) for i in range(b, e))
+    return np.asarray(rows, np.int32)
+
+
+def _x_of(carry: Any) -> Array:  # a step's carry is x or a tuple whose first item is x
+    return carry[0] if isinstance(carry, tuple) else carry
+
+
+def _with_x(carry: Any, x: Array) -> Any:
+    return (x,) + tuple(carry[1:]) if isinstance(carry, tuple) else x
+
+
+def _constrained_scan(step: Callable, carry: Any, ts: Array, key: Array | None, constraint: Constraint):
+    actions = repaint_actions(ts.shape[0] - 1, constraint.resample, constraint.jump)
+
+    def body(state, act):
+        carry, saved = state
+        is_jump, i, end, block_start, a = act
+        k_proj = jax.random.fold_in(constraint.key, a)
+
+        def run_step(_):
+            saved_now = jax.tree_util.tree_map(lambda c, v: jnp.where(block_start == 1, c, v), carry, saved)
+            k = jax.random.fold_in(key, a) if key is not None else jnp.zeros((2,), jnp.uint32)
+            new = step(carry, (ts[i], ts[i + 1], i, k))
+            return _with_x(new, constraint.project(_x_of(new), ts[i + 1], k_proj)), saved_now
+
+        def jump_back(_):  # the state at the block's start, with x re-noised from ts[end] to ts[i]
+            x = renoise(constraint.schedule, _x_of(carry), ts[end], ts[i], k_proj)
+            return _with_x(saved, x), saved
+
+        if constraint.resample == 1:
+            return run_step(None), None
+        return jax.lax.cond(is_jump == 1, jump_back, run_step, None), None
+
+    xs = tuple(jnp.asarray(actions[:, c]) for c in range(4)) + (jnp.arange(actions.shape[0]),)
+    (carry, _), _ = jax.lax.scan(body, (carry, carry), xs)
+    return carry
+
+
+def scan_steps(step: Callable, carry: Any, ts: Array, key: Array | None = None, constraint: Constraint | None = None):
+    """Run ``step(carry, (t, s, i, key_i)) -> carry`` over consecutive pairs of ``ts`` in one scan.
+
+    With a ``constraint`` the carry's x (the carry itself, or its first item) is projected after each
+    step and RePaint's resampling walk is followed (see ``Constraint``).
+    """
+    if constraint is not None:
+        return _constrained_scan(step, carry, ts, key, constraint)
     n = ts.shape[0] - 1
     keys = jax.random.split(key, n) if key is not None else jnp.zeros((n, 2), jnp.uint32)
     xs = (ts[:-1], ts[1:], jnp.arange(n), keys)

@@ -35,7 +35,8 @@ def _t_of(schedule: Schedule, lam: Array) -> Array:
 def dpm_solver_singlestep(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *,
                           steps: int | None = 20, order: int = 3, spacing: str = "logsnr", ts: Any = None,
                           t_end: float | None = None, sigma_min: float | None = None, sigma_max: float | None = None,
-                          rho: float = 7.0, final: str | None = None) -> tuple[Array, dict]:
+                          rho: float = 7.0, final: str | None = None,
+                          constraint: common.Constraint | None = None) -> tuple[Array, dict]:
     """Singlestep DPM-Solver-``order`` (1, 2 or 3) with ``steps`` steps, ``order * steps`` NFE.
 
     The grid options are ``common.time_grid``'s; a last step to sigma = 0 is first order (1 NFE).
@@ -79,13 +80,14 @@ def dpm_solver_singlestep(denoise_fn: Callable, schedule: Schedule, x_T: Array, 
         return x_s
 
     n = grid.ts.shape[0] - 1
-    return common.finish(common.scan_steps(step, x_T, grid.ts), grid, fn), {"nfe": order * n + int(grid.to_zero)}
+    return common.finish(common.scan_steps(step, x_T, grid.ts, constraint=constraint), grid, fn), {"nfe": order * n + int(grid.to_zero)}
 
 
 def dpm_solver_pp_2m(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *,
                      steps: int | None = 20, spacing: str = "logsnr", ts: Any = None, t_end: float | None = None,
                      sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0,
-                     final: str | None = None, lower_order_final: bool = True) -> tuple[Array, dict]:
+                     final: str | None = None, lower_order_final: bool = True,
+                     constraint: common.Constraint | None = None) -> tuple[Array, dict]:
     """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2), ``steps`` NFE.
 
     The grid options are ``common.time_grid``'s. k-diffusion's ``sample_dpmpp_2m`` on its Karras
@@ -115,5 +117,6 @@ def dpm_solver_pp_2m(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: 
         x_s = (schedule.sigma(s) / schedule.sigma(t)) * x + schedule.alpha(s) * -jnp.expm1(-h) * D
         return x_s, x0, h
 
-    x, _, _ = common.scan_steps(step, (x_T, jnp.zeros_like(x_T), jnp.ones((), grid.ts.dtype)), grid.ts)
+    x, _, _ = common.scan_steps(step, (x_T, jnp.zeros_like(x_T), jnp.ones((), grid.ts.dtype)), grid.ts,
+                                constraint=constraint)
     return common.finish(x, grid, fn), {"nfe": grid.steps}

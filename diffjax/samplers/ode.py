@@ -32,7 +32,8 @@ def pf_ode_velocity(denoise_fn: Callable, schedule: Schedule) -> Callable[[Array
 
 def ode_euler(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *, steps: int | None = 100,
               spacing: str = "uniform", ts: Any = None, t_end: float | None = None, sigma_min: float | None = None,
-              sigma_max: float | None = None, rho: float = 7.0, final: str | None = None) -> tuple[Array, dict]:
+              sigma_max: float | None = None, rho: float = 7.0, final: str | None = None,
+              constraint: common.Constraint | None = None) -> tuple[Array, dict]:
     """Euler's method on the probability-flow ODE over ``steps`` steps (first order).
 
     The grid options are ``common.time_grid``'s; ``final="append_zero"`` ends with the denoiser's
@@ -41,12 +42,13 @@ def ode_euler(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, 
     del key
     grid = common.resolve_grid(schedule, x_T, ts, steps, spacing, t_end=t_end, sigma_min=sigma_min,
                                sigma_max=sigma_max, rho=rho, final=final)
-    return _fixed_step(denoise_fn, schedule, x_T, grid, heun=False)
+    return _fixed_step(denoise_fn, schedule, x_T, grid, heun=False, constraint=constraint)
 
 
 def ode_heun(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *, steps: int | None = 50,
              spacing: str = "uniform", ts: Any = None, t_end: float | None = None, sigma_min: float | None = None,
-             sigma_max: float | None = None, rho: float = 7.0, final: str | None = None) -> tuple[Array, dict]:
+             sigma_max: float | None = None, rho: float = 7.0, final: str | None = None,
+             constraint: common.Constraint | None = None) -> tuple[Array, dict]:
     """Heun's method (explicit trapezoidal rule) on the probability-flow ODE (second order, 2 NFE/step).
 
     Grid options as ``ode_euler``.
@@ -54,10 +56,10 @@ def ode_heun(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *
     del key
     grid = common.resolve_grid(schedule, x_T, ts, steps, spacing, t_end=t_end, sigma_min=sigma_min,
                                sigma_max=sigma_max, rho=rho, final=final)
-    return _fixed_step(denoise_fn, schedule, x_T, grid, heun=True)
+    return _fixed_step(denoise_fn, schedule, x_T, grid, heun=True, constraint=constraint)
 
 
-def _fixed_step(denoise_fn, schedule, x_T, grid, heun):
+def _fixed_step(denoise_fn, schedule, x_T, grid, heun, constraint=None):
     velocity = pf_ode_velocity(denoise_fn, schedule)
 
     def step(x, inp):
@@ -69,7 +71,7 @@ def _fixed_step(denoise_fn, schedule, x_T, grid, heun):
         return x_next
 
     n = grid.ts.shape[0] - 1
-    x = common.finish(common.scan_steps(step, x_T, grid.ts), grid, common.checked(denoise_fn))
+    x = common.finish(common.scan_steps(step, x_T, grid.ts, constraint=constraint), grid, common.checked(denoise_fn))
     return x, {"nfe": (2 if heun else 1) * n + int(grid.to_zero)}
 
 

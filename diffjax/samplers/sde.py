@@ -71,7 +71,7 @@ def pc(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *, step
        predictor: str = "reverse_diffusion", corrector: str = "langevin", snr: float = 0.16,
        n_corrector_steps: int = 1, spacing: str = "uniform", ts: Any = None, t_end: float | None = None,
        sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0, final: str | None = None,
-       denoise: bool = True) -> tuple[Array, dict]:
+       denoise: bool = True, constraint: common.Constraint | None = None) -> tuple[Array, dict]:
     """Predictor-corrector sampling (Song et al. 2021, Alg. 1-3) from t_max to t_eps.
 
     ``denoise=True`` returns the last predictor's noise-free mean (score_sde's ``noise_removal``).
@@ -99,7 +99,7 @@ def pc(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *, step
             x, x_mean = predictor_step(predictor, score, schedule, x, t, t - s, kp)
         return x, x_mean
 
-    x, x_mean = common.scan_steps(step, (x_T, x_T), grid.ts, key)
+    x, x_mean = common.scan_steps(step, (x_T, x_T), grid.ts, key, constraint)
     n = grid.ts.shape[0] - 1
     per_step = (predictor != "none") + (n_corrector_steps if corrector != "none" else 0)
     x = common.finish(x_mean if denoise else x, grid, common.checked(denoise_fn))
@@ -108,14 +108,18 @@ def pc(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *, step
 
 def annealed_langevin(denoise_fn: Callable, schedule: Schedule, x_T: Array, key: Array, *, steps: int = 10,
                       n_steps_each: int = 100, step_lr: float = 2e-5, ts: Any = None,
-                      t_end: float | None = None, denoise: bool = False) -> tuple[Array, dict]:
+                      t_end: float | None = None, denoise: bool = False,
+                      constraint: common.Constraint | None = None) -> tuple[Array, dict]:
     """Annealed Langevin dynamics (Song & Ermon 2019, Alg. 1).
 
     ``steps`` noise levels ``sigma_1 > ... > sigma_L`` equally spaced in log-SNR (geometric sigmas
     for VE) from t_max to t_eps; at level i, ``n_steps_each`` steps of
     ``x <- x + alpha_i / 2 * score + sqrt(alpha_i) z`` with ``alpha_i = step_lr * sigma_i^2 / sigma_L^2``.
-    ``denoise`` adds NCSNv2's final Tweedie step ``D(x, t_L)``.
+    ``denoise`` adds NCSNv2's final Tweedie step ``D(x, t_L)``. A ``constraint`` projects x after every
+    Langevin step, at the level's time (``samplers.inpaint``); it cannot resample.
     """
+    if constraint is not None and constraint.resample != 1:
+        raise ValueError("annealed_langevin has no reverse steps to resample; use resample=1")
     L = common.check_steps(steps)
     n_steps_each = common.check_steps(n_steps_each)
     # L levels: the log-SNR grid of L points (that of L steps with a last step to sigma = 0, which is ``denoise``).
@@ -130,7 +134,8 @@ def annealed_langevin(denoise_fn: Callable, schedule: Schedule, x_T: Array, key:
 
         def langevin(x, kk):
             z = jax.random.normal(kk, x.shape, x.dtype)
-            return x + 0.5 * step * score(x, t) + jnp.sqrt(step) * z, None
+            x = x + 0.5 * step * score(x, t) + jnp.sqrt(step) * z
+            return (x if constraint is None else constraint.project(x, t, jax.random.fold_in(kk, 1))), None
 
         x, _ = jax.lax.scan(langevin, x, jax.random.split(k, n_steps_each))
         return x, None

@@ -1,0 +1,1 @@
+"""Noise-conditional classifiers for classifier guidance (``python -m diffjax.classifier``)."""

@@ -1,0 +1,126 @@
+"""The communication of the sharded train step, read from its compiled HLO (8 simulated CPU devices).
+
+Pure data parallelism must all-reduce the gradients (an all-reduce at least as large as the
+parameters) and gather nothing; with ``parallel.fsdp > 1`` the split parameters are all-gathered
+before use and their gradients reduced (reduce-scatter or all-reduce). The step compiles once
+however many times it is called, and under weak scaling (1, 2, 4, 8 devices, 8 examples per
+device) every device holds 8 examples. Runs in a subprocess: XLA_FLAGS must be set before JAX starts.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+WORKER = textwrap.dedent("""
+    import json, re, time
+    import jax, numpy as np
+    from configs import default
+    from diffjax import losses, parallel, schedules, train
+    from diffjax.models.mlp import MLP
+
+    assert jax.device_count() == 8, jax.device_count()
+    PER_DEVICE = 8
+
+    def collectives(hlo):
+        # {op: total elements of its results} over the instructions of the compiled module
+        out = {}
+        for op in ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute"):
+            total = 0
+            # the result type, a tuple when XLA combined several (with /*index=N*/ comments)
+            for m in re.finditer(r"= ([^\\n]*?) " + op + r"(?:-start)?\\(", hlo):
+                total += sum(int(np.prod([int(d) for d in dims.split(",") if d] or [1]))
+                             for dims in re.findall(r"[fsu]\\d+\\[([\\d,]*)\\]", m.group(1)))
+            out[op] = total
+        return out
+
+    def setup(mesh):
+        config = default.get_config()
+        config.data.source = "toy:8gaussians"
+        config.training.batch_size = PER_DEVICE * mesh.devices.size
+        net = MLP(hidden=128, depth=2)
+        schedule = schedules.get({"name": "ddpm_linear"})
+        tx = train.make_optimizer(config.optim)
+        init = lambda: train.init_state(config, net, tx, jax.random.PRNGKey(0))
+        shardings = parallel.state_sharding(jax.eval_shape(init), mesh)
+        state = jax.jit(init, out_shardings=shardings)()
+        step = parallel.jit_step(train.make_train_step(config, net, schedule, losses.get({"name": "simple"}), tx),
+                                 shardings, mesh)
+        images = np.random.default_rng(0).normal(size=(config.training.batch_size, 2)).astype(np.float32)
+        return state, step, parallel.global_batch({"image": images}, mesh)
+
+    devices = jax.devices()
+    out = {}
+    for name, mesh in (("data", parallel.make_mesh(1, devices)), ("fsdp", parallel.make_mesh(2, devices))):
+        state, step, batch = setup(mesh)
+        out[name] = collectives(step.lower(state, batch).compile().as_text())
+        out[name + "_params"] = sum(x.size for x in jax.tree.leaves(state.params))
+        out[name + "_split_params"] = sum(x.size for x in jax.tree.leaves(state.params)
+                                          if x.addressable_shards[0].data.size < x.size)
+        if name == "data":
+            for _ in range(3):
+                state, metrics = step(state, batch)
+            out["cache_size"] = step._cache_size()
+            out["step"] = int(state.step)
+
+    scaling = []
+    for n in (1, 2, 4, 8):
+        state, step, batch = setup(parallel.make_mesh(1, devices[:n]))
+        state, metrics = step(state, batch)  # compile
+        jax.block_until_ready(state)
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            state, metrics = step(state, batch)
+            jax.block_until_ready(state)
+            times.append(time.perf_counter() - start)
+        images = batch["image"]
+        scaling.append({"devices": n, "global_batch": images.shape[0],
+                        "per_device": sorted({s.data.shape[0] for s in images.addressable_shards}),
+                        "loss": float(metrics["loss"]), "step_s": sorted(times)[1]})
+    out["scaling"] = scaling
+    print("RESULT" + json.dumps(out))
+""")
+
+
+@pytest.fixture(scope="module")
+def result():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", WORKER], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][0]
+    print(line)
+    return json.loads(line[len("RESULT"):])
+
+
+def test_data_parallel_step_all_reduces_the_gradients_and_gathers_nothing(result):
+    ops = result["data"]
+    assert ops["all-reduce"] >= result["data_params"], ops   # every gradient element is reduced
+    assert ops["all-gather"] == 0 and ops["reduce-scatter"] == 0, ops
+    assert result["data_split_params"] == 0
+
+
+def test_fsdp_step_all_gathers_the_split_parameters(result):
+    ops = result["fsdp"]
+    assert result["fsdp_split_params"] > 0.5 * result["fsdp_params"]  # the 128x128 kernels are split
+    assert ops["all-gather"] >= result["fsdp_split_params"], ops
+    assert ops["reduce-scatter"] + ops["all-reduce"] >= result["fsdp_split_params"] // 2, ops
+
+
+def test_sharded_step_compiles_once_over_several_calls(result):
+    assert result["step"] == 3
+    assert result["cache_size"] == 1
+
+
+def test_weak_scaling_keeps_the_per_device_batch(result):
+    rows = result["scaling"]
+    assert [r["devices"] for r in rows] == [1, 2, 4, 8]
+    assert [r["global_batch"] for r in rows] == [8, 16, 32, 64]
+    assert all(r["per_device"] == [8] for r in rows), rows
+    # the eps-MSE of an untrained network on unit-variance noise: of order 1 at every size
+    assert all(0.0 < r["loss"] < 10.0 for r in rows), rows
