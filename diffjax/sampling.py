@@ -122,9 +122,11 @@ def check_sampler(config: Any, name: str | None = None, options: dict | None = N
 
 
 def _sampler(config: Any, net: Any, schedule: Any, name: str | None, options: dict | None,
-             prompts: list[str] | None = None) -> Callable[[Any, Array, Array], tuple[Array, dict]]:
+             prompts: list[str] | None = None, guide: Callable | None = None
+             ) -> Callable[[Any, Array, Array], tuple[Array, dict]]:
     """``draw(params, key, labels) -> (samples, info)`` for a batch of ``len(labels)`` (for text,
-    labels index ``prompts``)."""
+    labels index ``prompts``). ``guide(model_fn, labels) -> model_fn`` wraps the model function
+    (classifier guidance: ``diffjax.classifier.make_guide``)."""
     from diffjax import samplers
 
     check_sampler(config, name, options)
@@ -155,6 +157,11 @@ def _sampler(config: Any, net: Any, schedule: Any, name: str | None, options: di
             fn = samplers.guidance.classifier_free(conditional, labels, guidance_scale, num_classes)
         else:
             fn = functools.partial(conditional, c=labels if num_classes else None)
+        if guide is not None:
+            if learn_sigma:
+                raise ValueError("classifier guidance of a learned-variance model is not supported "
+                                 "(the guide would shift the variance channels too)")
+            fn = guide(fn, labels)
         if learn_sigma and name == "ddpm" and opts.get("variance") == "learned":
             denoise = samplers.learned_variance_denoiser(fn, schedule, config.model.prediction)
         elif learn_sigma:
@@ -171,14 +178,15 @@ def _sampler(config: Any, net: Any, schedule: Any, name: str | None, options: di
 
 
 def make_sampler(config: Any, net: Any, schedule: Any, name: str | None = None, options: dict | None = None,
-                 prompts: list[str] | None = None) -> Callable[[Any, Array, int], tuple[Array, Array, dict]]:
+                 prompts: list[str] | None = None, guide: Callable | None = None
+                 ) -> Callable[[Any, Array, int], tuple[Array, Array, dict]]:
     """``sample(params, key, n) -> (samples, labels, info)``: one batch from one key (the
     trainer's sample grids); class-conditional configs draw labels ``0, 1, ..., num_classes - 1,
     0, ...``, text-conditioned ones prompt indices (``prompts``, default ``config.text.prompts``);
     ``guidance_scale`` (classifier-free guidance, Ho & Salimans 2021 eq. 6) wraps the
     model function before the sampler sees it. Raises for options the sampler does not accept."""
-    draw = _sampler(config, net, schedule, name, options, prompts)
-    num_classes = num_labels(config, prompts)
+    draw = _sampler(config, net, schedule, name, options, prompts, guide)
+    num_classes = num_labels(config, prompts) or getattr(guide, "num_classes", 0)
 
     def sample(params: Any, key: Array, n: int) -> tuple[Array, Array, dict]:
         labels = jnp.arange(n) % max(num_classes, 1)
@@ -189,14 +197,14 @@ def make_sampler(config: Any, net: Any, schedule: Any, name: str | None = None, 
 
 
 def make_indexed_sampler(config: Any, net: Any, schedule: Any, name: str | None = None,
-                         options: dict | None = None, prompts: list[str] | None = None
-                         ) -> Callable[[Any, Array, Array], tuple[Array, Array, Array]]:
+                         options: dict | None = None, prompts: list[str] | None = None,
+                         guide: Callable | None = None) -> Callable[[Any, Array, Array], tuple[Array, Array, Array]]:
     """``sample(params, key, indices) -> (samples, labels, nfe)``: sample ``i`` drawn from
     ``fold_in(key, i)`` with label ``i % num_classes`` (0 when unconditional; text: the prompt
     index ``i % len(prompts)``), independently of the other indices in the batch; ``nfe`` is the
     largest NFE of the batch."""
-    draw = _sampler(config, net, schedule, name, options, prompts)
-    num_classes = num_labels(config, prompts)
+    draw = _sampler(config, net, schedule, name, options, prompts, guide)
+    num_classes = num_labels(config, prompts) or getattr(guide, "num_classes", 0)
 
     def one(params: Any, key: Array, i: Array) -> tuple[Array, Array, Array]:
         label = (i % num_classes if num_classes else jnp.zeros_like(i)).astype(jnp.int32)
@@ -286,12 +294,12 @@ def batch_indices(start: int, size: int, mesh: Mesh) -> Array:
 
 
 def sharded_sampler(config: Any, net: Any, schedule: Any, mesh: Mesh, params: Any, name: str | None = None,
-                    options: dict | None = None, prompts: list[str] | None = None
+                    options: dict | None = None, prompts: list[str] | None = None, guide: Callable | None = None
                     ) -> Callable[[Any, Array, Array], tuple[Array, Array, Array]]:
     """:func:`make_indexed_sampler` compiled over ``mesh``: indices, samples and labels split over
     the batch axes, params as placed by :func:`place_params`, the NFE replicated."""
     batch = parallel.batch_sharding(mesh)
-    return jax.jit(make_indexed_sampler(config, net, schedule, name, options, prompts),
+    return jax.jit(make_indexed_sampler(config, net, schedule, name, options, prompts, guide),
                    in_shardings=(parallel.state_sharding(params, mesh), parallel.replicated(mesh), batch),
                    out_shardings=(batch, batch, parallel.replicated(mesh)))
 
@@ -385,7 +393,7 @@ def _check_meta(out_dir: str, meta: dict) -> None:
 def sample_to_dir(config: Any, net: Any, schedule: Any, params: Any, out_dir: str, *, num_samples: int,
                   seed: int = 0, batch_size: int = 64, sampler: str | None = None, options: dict | None = None,
                   mesh: Mesh | None = None, meta: dict | None = None, progress: bool = False,
-                  prompts: list[str] | None = None) -> dict:
+                  prompts: list[str] | None = None, guide: Callable | None = None) -> dict:
     """Draw samples ``0 .. num_samples - 1`` into shard files under ``out_dir``, skipping the
     batches already written (a killed run continues). ``params``: host arrays. ``meta``: what
     identifies the sample set besides sampler and seed (e.g. the checkpoint step); a directory
@@ -399,7 +407,7 @@ def sample_to_dir(config: Any, net: Any, schedule: Any, params: Any, out_dir: st
                           "seed": seed, **({"prompts": list(prompts)} if prompts else {}), **(meta or {})})
     starts = _missing_batches(out_dir, list(range(0, num_samples, gb)), gb, num_samples, mesh)
     placed = place_params(params, mesh)
-    fn = sharded_sampler(config, net, schedule, mesh, placed, sampler, options, prompts)
+    fn = sharded_sampler(config, net, schedule, mesh, placed, sampler, options, prompts, guide)
     bar = None
     if progress and jax.process_index() == 0:
         from tqdm.auto import tqdm
