@@ -64,6 +64,13 @@ def mean_pairwise_distance(features: np.ndarray) -> float:
     return float(d.sum() / (n * (n - 1)))
 
 
+def real_diversity(apply, images: np.ndarray, labels: np.ndarray, per_prompt: int) -> float:
+    """The diversity measure on real digits: ``per_prompt`` of each class (the bundled set is
+    sorted by class, so they are taken per class, not from the first rows)."""
+    feats = [np.asarray(apply(images[labels == d][:per_prompt])["features"]) for d in range(10)]
+    return float(np.mean([mean_pairwise_distance(f) for f in feats]))
+
+
 def agreement(measured: np.ndarray, median: float, word: str) -> np.ndarray:
     return measured > median if word in ("thick", "right") else measured < median
 
@@ -93,12 +100,11 @@ def sweep(args) -> dict:
     apply = mnist_classifier.make_apply_fn(variables)
     images, labels = load_mnist_5k()
     medians = {k: float(np.median(v)) for k, v in captions.measure(images).items()}
-    real_feats = np.asarray(apply(images[:1000])["features"])
-    real_div = np.mean([mean_pairwise_distance(real_feats[labels[:1000] == d][:args.per_prompt]) for d in range(10)])
+    result_real = real_diversity(apply, images, labels, args.per_prompt)
     result = {"workdir": args.workdir, "step": step, "sampler": args.sampler, "steps": args.steps, "seed": args.seed,
               "per_prompt": args.per_prompt, "cond_drop_prob": config.training.cond_drop_prob,
               "classifier_held_out_accuracy": info["held_out_accuracy"], "medians": medians,
-              "real_diversity": float(real_div), "rows": [], "strips": {}}
+              "real_diversity": result_real, "rows": [], "strips": {}}
     sets = {"training": prompts(captions.TRAIN_TEMPLATES), "held-out": prompts(captions.HELD_OUT_TEMPLATES)}
     result["prompts"] = {k: v[0] for k, v in sets.items()}
     for name, (texts, digits, asked) in sets.items():
