@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 from diffjax import classifier, evaluate, models, predictions, samplers, schedules  # noqa: E402
 from diffjax.metrics import fid, mnist_classifier  # noqa: E402
 from diffjax.sampling import network_fn, sampler_options  # noqa: E402
-from guidance_mnist import real_digits  # noqa: E402
+from guidance_mnist import reference, scores  # noqa: E402
 
 
 def make_draw(config, net, schedule, clf, sampler: str, steps: int, scale: float):
@@ -74,18 +74,14 @@ def sweep(workdir: str, classifier_workdir: str, eval_classifier: str | None, sc
     variables, info = mnist_classifier.load(eval_classifier)
     apply = mnist_classifier.make_apply_fn(variables)
 
-    images, _ = real_digits(config)
-    real = fid.extract_features(apply, np.array_split(images, 10), keys=("features",))["features"]
-    ref = fid.feature_statistics(real)
-    subset = np.random.default_rng(seed).choice(len(real), num_samples, replace=False)
-    floor = fid.fid_from_features(real[subset], real)
+    ref, floor, num_real = reference(apply, config, num_samples, seed)
     result = {"workdir": workdir, "step": step, "classifier_workdir": classifier_workdir,
               "classifier_steps": clf_config.training.num_steps, "sampler": sampler, "steps": steps,
               "seed": seed, "num_samples": num_samples, "conditional_model": bool(config.data.num_classes),
               "eval_classifier_held_out_accuracy": info["held_out_accuracy"],
               "real_subset_mnist_fid": floor, "rows": []}
     print(f"step-{step} checkpoint of {workdir}, classifier {classifier_workdir}; MNIST FID of "
-          f"{num_samples} real digits vs all {len(real)}: {floor:.3f}", file=sys.stderr)
+          f"{num_samples} real digits vs all {num_real}: {floor:.3f}", file=sys.stderr)
     key = jax.random.PRNGKey(seed)
     for s in scales:
         draw = jax.jit(make_draw(config, net, schedule, (clf_net, clf_schedule), sampler, steps, s))
@@ -99,12 +95,7 @@ def sweep(workdir: str, classifier_workdir: str, eval_classifier: str | None, sc
             nfe = int(sample_info.get("nfe", -1))
         samples, labels = np.concatenate(chunks), np.concatenate(labels)
         seconds = time.time() - start
-        feats = fid.extract_features(apply, np.array_split(samples, max(1, len(samples) // 500)),
-                                     keys=("features",))["features"]
-        stats = fid.feature_statistics(feats)
-        row = {"scale": s, "class_accuracy": mnist_classifier.accuracy(apply, samples, labels),
-               "mnist_fid": fid.frechet_distance(stats["mu"], stats["sigma"], ref["mu"], ref["sigma"]),
-               "nfe": nfe, "seconds": round(seconds, 1)}
+        row = {"scale": s, **scores(apply, samples, labels, ref), "nfe": nfe, "seconds": round(seconds, 1)}
         result["rows"].append(row)
         print(json.dumps(row), file=sys.stderr)
         if out:

@@ -53,6 +53,24 @@ def real_digits(config) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
 
 
+def reference(apply, config, num_samples: int, seed: int) -> tuple[dict, float, int]:
+    """The real digits' feature statistics, the MNIST FID of a fixed random subset of
+    ``num_samples`` of them (the floor) and how many real digits there are."""
+    images, _ = real_digits(config)
+    real = fid.extract_features(apply, np.array_split(images, 10), keys=("features",))["features"]
+    subset = np.random.default_rng(seed).choice(len(real), num_samples, replace=False)
+    return fid.feature_statistics(real), fid.fid_from_features(real[subset], real), len(real)
+
+
+def scores(apply, samples: np.ndarray, labels: np.ndarray, ref: dict) -> dict:
+    """Class accuracy of the offline classifier and MNIST FID of uint8 ``samples`` against ``ref``."""
+    feats = fid.extract_features(apply, np.array_split(samples, max(1, len(samples) // 500)),
+                                 keys=("features",))["features"]
+    stats = fid.feature_statistics(feats)
+    return {"class_accuracy": mnist_classifier.accuracy(apply, samples, labels),
+            "mnist_fid": fid.frechet_distance(stats["mu"], stats["sigma"], ref["mu"], ref["sigma"])}
+
+
 def sweep(workdir: str, classifier: str | None, weights: list[float], num_samples: int,
           sampler: str, steps: int, seed: int, batch_size: int, out: str | None) -> dict:
     config, params, step = evaluate.load_run(workdir)
@@ -63,11 +81,7 @@ def sweep(workdir: str, classifier: str | None, weights: list[float], num_sample
     variables, info = mnist_classifier.load(classifier)
     apply = mnist_classifier.make_apply_fn(variables)
 
-    images, _ = real_digits(config)
-    real = fid.extract_features(apply, np.array_split(images, 10), keys=("features",))["features"]
-    ref = fid.feature_statistics(real)
-    subset = np.random.default_rng(seed).choice(len(real), num_samples, replace=False)
-    floor = fid.fid_from_features(real[subset], real)
+    ref, floor, num_real = reference(apply, config, num_samples, seed)
 
     result = {"workdir": workdir, "step": step, "sampler": sampler, "steps": steps, "seed": seed,
               "num_samples": num_samples, "cond_drop_prob": config.training.cond_drop_prob,
@@ -75,7 +89,7 @@ def sweep(workdir: str, classifier: str | None, weights: list[float], num_sample
               "real_subset_mnist_fid": floor, "rows": []}
     print(f"step-{step} checkpoint of {workdir}; classifier held-out accuracy "
           f"{info['held_out_accuracy']:.3f}; MNIST FID of {num_samples} real digits vs all "
-          f"{len(real)}: {floor:.3f}", file=sys.stderr)
+          f"{num_real}: {floor:.3f}", file=sys.stderr)
     key = jax.random.PRNGKey(seed)
     strips = []
     for w in weights:
@@ -90,12 +104,7 @@ def sweep(workdir: str, classifier: str | None, weights: list[float], num_sample
             nfe = int(sample_info.get("nfe", -1))
         samples, labels = np.concatenate(chunks), np.concatenate(labels)
         seconds = time.time() - start
-        feats = fid.extract_features(apply, np.array_split(samples, max(1, len(samples) // 500)),
-                                     keys=("features",))["features"]
-        stats = fid.feature_statistics(feats)
-        row = {"w": w, "class_accuracy": mnist_classifier.accuracy(apply, samples, labels),
-               "mnist_fid": fid.frechet_distance(stats["mu"], stats["sigma"], ref["mu"], ref["sigma"]),
-               "nfe": nfe, "network_evals_per_sample": nfe * (2 if w else 1), "seconds": round(seconds, 1)}
+        row = {"w": w, **scores(apply, samples, labels, ref), "nfe": nfe, "network_evals_per_sample": nfe * (2 if w else 1), "seconds": round(seconds, 1)}
         result["rows"].append(row)
         strips.append(samples[:10])
         print(json.dumps(row), file=sys.stderr)
