@@ -80,8 +80,10 @@ def measure(quick: bool, repeats: int) -> dict:
         rows.append(_row("train_step", dtype, batch, _timed(side["run"], repeats), side["flops"], device_kind,
                          accelerator) | {"compile_s": side["compile_wall_s"]})
         config, net, schedule, params = bench_run._unet_and_params(shape, dtype)
+        steps = 3 if quick else 50
         side = bench_run.diffjax_sampler(config, net, schedule, params, "ddim",
-                                         {"steps": 3 if quick else 50, "eta": 0.0, "clip_denoised": True}, batch)
+                                         {"steps": steps, "eta": 0.0, "clip_denoised": True}, batch,
+                                         (shape["image_size"], shape["image_size"], 3), steps)
         side["run"]()
         rows.append(_row("ddim50", dtype, batch, _timed(side["run"], repeats), side["flops"], device_kind,
                          accelerator) | {"compile_s": side["compile_wall_s"]})

@@ -109,6 +109,10 @@ def colorize_demo(args) -> None:
                                    steps=args.steps, resample=args.resample, jump=args.jump)
     colored = np.asarray(jax.block_until_ready(colored))
     print(f"colourised {args.num} digits, model step {step}: {time.time() - start:.0f} s (wall)")
+    gray_error = float(np.max(np.abs(np.asarray(samplers.to_gray(colored)) - np.asarray(gray))))
+    clipped = float(np.mean(np.abs(colored) > 1))
+    print(f"grey level of the colourised digits against the input: max |difference| {gray_error:.2e} "
+          f"(on [-1, 1]); {clipped:.1%} of the colour values lie outside [-1, 1] before the picture clips them")
     _save(args.colorize_png, [np.repeat(np.asarray(gray), 3, axis=-1), np.clip(colored, -1, 1), x0])
 
 

@@ -259,9 +259,14 @@ def diffjax_forward(shape: dict, batch: int) -> dict:
                 compile_cpu_s=cpu1 - cpu0, flops=flops_of(fwd))
 
 
-def diffjax_sampler(config: Any, net: Any, schedule: Any, params: Any, name: str, options: dict, n: int) -> dict:
-    """The jitted sampler of ``sampling.make_sampler``, one batch of ``n`` per call."""
+def diffjax_sampler(config: Any, net: Any, schedule: Any, params: Any, name: str, options: dict, n: int,
+                    x_shape: tuple, nfe: int) -> dict:
+    """The jitted sampler of ``sampling.make_sampler``, one batch of ``n`` per call. Its FLOPs are
+    the network's (one forward pass of ``n`` examples of shape ``x_shape``, from XLA's cost
+    analysis) times ``nfe``: the cost analysis of the compiled sampler counts the body of its
+    scanned loop once, not once per step."""
     import jax
+    import jax.numpy as jnp
 
     from diffjax import sampling
 
@@ -271,14 +276,18 @@ def diffjax_sampler(config: Any, net: Any, schedule: Any, params: Any, name: str
     cpu0, wall0 = cpu_wall()
     fn = jax.jit(lambda p, k: draw(p, k, n)[0]).lower(params, key).compile()
     cpu1, wall1 = cpu_wall()
+    x, t = jnp.zeros((n, *x_shape)), jnp.zeros((n,))
+    forward = jax.jit(lambda p, x, t: net.apply({"params": p}, x, t)).lower(params, x, t).compile()
+    per_forward = flops_of(forward)
     return dict(run=lambda: fn(params, key).block_until_ready(), compile_wall_s=wall1 - wall0,
-                compile_cpu_s=cpu1 - cpu0, flops=flops_of(fn))
+                compile_cpu_s=cpu1 - cpu0, flops=per_forward * nfe if per_forward else None)
 
 
 def diffjax_ddim(shape: dict, batch: int, steps: int) -> dict:
     config, net, schedule, params = _unet_and_params(shape)
     return diffjax_sampler(config, net, schedule, params, "ddim",
-                           {"steps": steps, "eta": 0.0, "clip_denoised": True}, batch)
+                           {"steps": steps, "eta": 0.0, "clip_denoised": True}, batch,
+                           (shape["image_size"], shape["image_size"], 3), steps)
 
 
 def mlp_config() -> Any:
@@ -294,7 +303,8 @@ def diffjax_ddpm_mlp(n: int, steps: int) -> dict:
     config = mlp_config()
     net, schedule, _, _ = train.build(config)
     params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)), jnp.zeros((1,)))["params"]
-    side = diffjax_sampler(config, net, schedule, params, "ddpm", {"steps": steps, "variance": "beta_tilde"}, n)
+    side = diffjax_sampler(config, net, schedule, params, "ddpm", {"steps": steps, "variance": "beta_tilde"}, n,
+                           (2,), steps)
     side["params"] = sum(x.size for x in jax.tree.leaves(params))
     return side
 

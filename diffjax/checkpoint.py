@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from diffjax import fileio
+
 # Config fields a resumed run must share with the checkpoint: they fix the shapes and meaning of
 # the saved arrays (model, schedule, data layout).
 COMPATIBILITY_FIELDS = ("model", "schedule", "data.source", "data.image_size", "data.num_channels",
@@ -132,7 +134,7 @@ class Checkpointer:
 
     def __init__(self, directory: str, keep: int = 3, asynchronous: bool = True,
                  keep_period: int | None = None):
-        self.directory = os.path.abspath(directory)
+        self.directory = fileio.normalize(directory)  # a local folder or a bucket URL
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=keep_period or None,
                                                create=True, enable_async_checkpointing=asynchronous)
         handlers = {"state": ocp.StandardCheckpointHandler(),
@@ -255,16 +257,16 @@ class Checkpointer:
 
     def _set_aside(self, step: int, reason: str) -> str:
         """Rename a damaged step directory out of Orbax's sight (process 0 renames)."""
-        source = os.path.join(self.directory, str(step))
+        source = fileio.join(self.directory, str(step))
         target = f"{source}.damaged-{reason}"
-        if jax.process_index() == 0 and os.path.isdir(source):
+        if jax.process_index() == 0 and fileio.isdir(source):
             n = 1
-            while os.path.exists(target):
+            while fileio.exists(target):
                 n += 1
                 target = f"{source}.damaged-{reason}-{n}"
-            os.rename(source, target)
+            fileio.rename(source, target)
         self._manager.reload()
-        return os.path.relpath(target, os.path.dirname(self.directory))
+        return fileio.join(os.path.basename(self.directory.rstrip("/")), os.path.basename(target))
 
     def restore_params(self, step: int | None = None) -> dict:
         """The saved state at ``step`` (default: the latest) as a plain nested dict of host numpy
@@ -276,7 +278,7 @@ class Checkpointer:
         here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here), metadata)
         # Checkpoints written before checksums existed are still read (checked for finiteness).
-        summed = os.path.isdir(os.path.join(self.directory, str(step), "checksums"))
+        summed = fileio.isdir(fileio.join(self.directory, str(step), "checksums"))
         restored = self._read(step, state=ocp.args.StandardRestore(abstract),
                               **({"checksums": ocp.args.JsonRestore()} if summed else {}))
         self._verify(step, restored["state"], restored["checksums"] if summed else None)

@@ -38,7 +38,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import time
 from typing import Any, Callable, Iterator
 
@@ -47,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from diffjax import likelihood, parallel, predictions, sampling
+from diffjax import fileio, likelihood, parallel, predictions, sampling
 from diffjax.metrics import fid, inception, mnist_classifier
 from diffjax.sampling import load_run  # noqa: F401  (also this module's public API)
 
@@ -360,20 +359,16 @@ def evaluate(workdir: str, overrides: dict | None = None, use_ema: bool = True,
 def kept_steps(workdir: str) -> list[int]:
     """The steps of the finished checkpoints in ``workdir/checkpoints`` (Orbax names each
     committed step's directory by its number; temporary ones carry a suffix)."""
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+    return sorted(int(d) for d in fileio.listdir(fileio.join(workdir, "checkpoints")) if d.isdigit())
 
 
 def evaluated(workdir: str, step: int, metrics: tuple[str, ...], num_samples: int | None) -> bool:
     """Whether ``metrics.jsonl`` already holds every one of ``metrics`` for ``step`` (from as
     many samples, when they are sample metrics)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = fileio.join(workdir, "metrics.jsonl")
+    if not fileio.exists(path):
         return False
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = [json.loads(line) for line in fileio.read_text(path).splitlines() if line.strip()]
     for r in records:
         if r.get("step") != step or not all(f"eval/{m}" in r for m in metrics):
             continue
@@ -405,7 +400,7 @@ def evaluate_steps(workdir: str, steps: tuple[int | None, int | None] = (None, N
 def _saved_config(workdir: str, step: int) -> dict:
     from diffjax import checkpoint
 
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), asynchronous=False)
+    ckpt = checkpoint.Checkpointer(fileio.join(workdir, "checkpoints"), asynchronous=False)
     try:
         return ckpt.saved_config(step)
     finally:
@@ -417,9 +412,8 @@ def write(workdir: str, step: int, results: dict[str, float]) -> None:
     from tensorboardX import SummaryWriter
 
     record = {"step": step, **{f"eval/{k}": float(v) for k, v in results.items()}}
-    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps(record) + "\n")
-    writer = SummaryWriter(os.path.join(workdir, "tb"))
+    fileio.append_lines(fileio.join(workdir, "metrics.jsonl"), [json.dumps(record) + "\n"])
+    writer = SummaryWriter(fileio.join(workdir, "tb"))
     for k, v in record.items():
         if k != "step":
             writer.add_scalar(k, v, step)

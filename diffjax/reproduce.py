@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 from typing import Any, Sequence
 
-from diffjax import papers
+from diffjax import fileio, papers
 from diffjax.convert import MODULES
 from diffjax.metrics import reference
 
@@ -54,7 +53,7 @@ def run_config(workdir: str) -> tuple[Any, int]:
     from diffjax import checkpoint
     from diffjax.sampling import config_from_dict
 
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), asynchronous=False)
+    ckpt = checkpoint.Checkpointer(fileio.join(workdir, "checkpoints"), asynchronous=False)
     step = ckpt.latest_step()
     if step is None:
         ckpt.close()
@@ -122,7 +121,7 @@ def reproduce(entry: papers.Entry, workdir: str, *, num_samples: int | None = No
         with_sweep = [k for k in papers.names() if papers.get(k).nfe_sweep]
         raise ValueError(f"{entry.key} has no few-step table; entries with one: {', '.join(with_sweep)}")
     if reference_stats:
-        reference_stats = reference.as_diffjax(reference_stats, os.path.join(workdir, "reproduce"))
+        reference_stats = reference.as_diffjax(reference_stats, fileio.join(workdir, "reproduce"))
     targets = {r.metric: (r.value, r.source, r.note or entry.note) for r in entry.reported} or {
         "fid": (None, "the paper reports no number for this model", entry.note)}
     unknown = sorted(set(metrics or ()) - set(targets))
@@ -182,16 +181,14 @@ def markdown(entry: papers.Entry, workdir: str, rows: list[dict]) -> str:
 
 
 def write(entry: papers.Entry, workdir: str, rows: list[dict], reference_stats: str | None) -> dict[str, str]:
-    out_dir = os.path.join(workdir, "reproduce")
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {"json": os.path.join(out_dir, f"{entry.key}.json"), "md": os.path.join(out_dir, f"{entry.key}.md")}
+    out_dir = fileio.join(workdir, "reproduce")
+    fileio.makedirs(out_dir)
+    paths = {"json": fileio.join(out_dir, f"{entry.key}.json"), "md": fileio.join(out_dir, f"{entry.key}.md")}
     record = {"entry": entry.key, "paper": entry.paper, "table": entry.table, "config": entry.config,
               "overrides": entry.overrides, "checkpoint_url": entry.checkpoint_url, "workdir": workdir,
               "reference_stats": reference_stats or "training split (docs/evaluation.md)", "rows": rows}
-    with open(paths["json"], "w") as f:
-        json.dump(record, f, indent=1, default=str)
-    with open(paths["md"], "w") as f:
-        f.write(markdown(entry, workdir, rows))
+    fileio.write_atomic(paths["json"], json.dumps(record, indent=1, default=str))
+    fileio.write_atomic(paths["md"], markdown(entry, workdir, rows))
     return paths
 
 

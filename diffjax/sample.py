@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from diffjax import parallel, viz
+from diffjax import fileio, parallel, viz
 from diffjax.sampling import (config_from_dict, load_run, make_sampler, network_fn,  # noqa: F401  (API)
                               sampler_options)
 
@@ -78,7 +78,7 @@ def run(workdir: str, num_samples: int, seed: int, sampler: str | None, options:
     net, schedule = models.get_model(config.model), schedules.get(config.schedule)
     name = name or (f"step{step}_{sampler_name}_seed{seed}" + _text_suffix(prompts, options)
                     + (f"_cg{classifier_scale:g}" if guide else ""))
-    out_dir = os.path.join(workdir, "samples", name)
+    out_dir = fileio.join(workdir, "samples", name)
     mesh = sampling.make_mesh(config)
     main = jax.process_index() == 0
     if main:
@@ -101,13 +101,13 @@ def run(workdir: str, num_samples: int, seed: int, sampler: str | None, options:
     except FileNotFoundError as e:  # several hosts without a shared file system
         print(f"not writing {name}.npz: {e}", file=sys.stderr)
         return paths
-    stem = os.path.join(workdir, "samples", name)
+    stem = fileio.join(workdir, "samples", name)
     paths["npz"] = stem + ".npz"
     if samples.ndim == 2:
-        np.savez(paths["npz"], samples=samples, labels=labels, nfe=info["nfe"])
+        fileio.save_npz(paths["npz"], samples=samples, labels=labels, nfe=info["nfe"])
         paths["png"] = viz.save_scatter(stem + ".png", samples)
     else:
-        np.savez(paths["npz"], samples=samples, images=viz.to_uint8(samples, config.data.centered),
+        fileio.save_npz(paths["npz"], samples=samples, images=viz.to_uint8(samples, config.data.centered),
                  labels=labels, nfe=info["nfe"], **({"prompts": np.asarray(prompts)} if prompts else {}))
         paths["png"] = viz.save_image_grid(stem + ".png", samples[:64], centered=config.data.centered)
     return paths

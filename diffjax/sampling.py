@@ -24,8 +24,6 @@ started again draws only the batches whose shards are missing.
 from __future__ import annotations
 
 import functools
-import json
-import os
 import re
 import time
 from typing import Any, Callable, Iterator
@@ -38,7 +36,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from diffjax import data as data_lib
-from diffjax import parallel, predictions
+from diffjax import fileio, parallel, predictions
 
 Array = jax.Array
 
@@ -249,7 +247,7 @@ def load_run(workdir: str, step: int | None = None, use_ema: bool = True) -> tup
     params are host arrays, whatever topology wrote them (place them with :func:`place_params`)."""
     from diffjax import checkpoint
 
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), asynchronous=False)
+    ckpt = checkpoint.Checkpointer(fileio.join(workdir, "checkpoints"), asynchronous=False)
     step = ckpt.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first with "
@@ -336,21 +334,24 @@ def draw_batches(sample_fn: Callable, params: Any, mesh: Mesh, *, seed: int, num
 # ---------------------------------------------------------------------------- shard files
 
 def _save_atomic(path: str, **arrays: Any) -> None:
-    tmp = f"{path}.tmp{jax.process_index()}-{os.getpid()}.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    fileio.save_npz(path, **arrays)
+
+
+def _num_rows(path: str) -> int:
+    if fileio.is_remote(path):
+        return len(fileio.load_npz(path)["labels"])
+    with np.load(path) as f:  # reads the labels only
+        return len(f["labels"])
 
 
 def shard_ranges(out_dir: str) -> list[tuple[int, int, str]]:
     """``(first, stop, path)`` of the shard files in ``out_dir`` visible to this process."""
     ranges = []
-    if os.path.isdir(out_dir):
-        for fname in sorted(os.listdir(out_dir)):
-            m = _SHARD.fullmatch(fname)
-            if m:
-                path = os.path.join(out_dir, fname)
-                with np.load(path) as f:
-                    ranges.append((int(m.group(1)), int(m.group(1)) + len(f["labels"]), path))
+    for fname in fileio.listdir(out_dir):
+        m = _SHARD.fullmatch(fname)
+        if m:
+            path = fileio.join(out_dir, fname)
+            ranges.append((int(m.group(1)), int(m.group(1)) + _num_rows(path), path))
     return ranges
 
 
@@ -374,20 +375,16 @@ def _missing_batches(out_dir: str, starts: list[int], global_batch: int, num_sam
 
 
 def _check_meta(out_dir: str, meta: dict) -> None:
-    path = os.path.join(out_dir, "meta.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+    path = fileio.join(out_dir, "meta.json")
+    if fileio.exists(path):
+        saved = fileio.read_json(path)
         if saved != meta:
             diffs = {k: (saved.get(k), meta.get(k)) for k in set(saved) | set(meta) if saved.get(k) != meta.get(k)}
             raise ValueError(f"{out_dir} holds samples drawn with other settings ({diffs}, as (there, here)); "
                              "use another name or delete the directory")
         return
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = f"{path}.tmp{jax.process_index()}-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(tmp, path)
+    fileio.makedirs(out_dir)
+    fileio.write_json(path, meta)
 
 
 def sample_to_dir(config: Any, net: Any, schedule: Any, params: Any, out_dir: str, *, num_samples: int,
@@ -419,7 +416,7 @@ def sample_to_dir(config: Any, net: Any, schedule: Any, params: Any, out_dir: st
         for (first, xs), (_, ys) in zip(local_rows(x), local_rows(y)):
             keep = max(min(len(xs), num_samples - start - first), 0)
             if keep:
-                _save_atomic(os.path.join(out_dir, f"shard_{start + first:08d}.npz"), samples=xs[:keep],
+                _save_atomic(fileio.join(out_dir, f"shard_{start + first:08d}.npz"), samples=xs[:keep],
                              labels=ys[:keep])
         nfe = int(batch_nfe)
         if bar is not None:
@@ -442,8 +439,8 @@ def load_samples(out_dir: str, num_samples: int) -> tuple[np.ndarray, np.ndarray
                                 "sampling again to finish it, or gather the shards of every host there")
     samples = labels = None
     for first, stop, path in ranges:
-        with np.load(path) as f:
-            x, y = f["samples"], f["labels"]
+        shard = fileio.load_npz(path)
+        x, y = shard["samples"], shard["labels"]
         if samples is None:
             samples = np.empty((num_samples, *x.shape[1:]), x.dtype)
             labels = np.empty((num_samples,), y.dtype)

@@ -16,7 +16,6 @@ requested.
 """
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any, Sequence
 
@@ -25,7 +24,7 @@ import numpy as np
 from absl import app, flags, logging
 from jax.experimental import multihost_utils
 
-from diffjax import parallel, sampling, viz
+from diffjax import fileio, parallel, sampling, viz
 from diffjax.data import sources
 
 
@@ -103,7 +102,7 @@ def synthesize(workdir: str, classes: Sequence[str] | Sequence[int], num_per_cla
     want = np.repeat(classes, num_per_class)
     if not np.array_equal(labels, want):  # the sampler's label is i % C: a broken index would show here
         raise RuntimeError(f"sampled labels {np.unique(labels)} differ from the requested classes {classes}")
-    meta = {"workdir": os.path.abspath(workdir), "step": step, "ema": use_ema, "sampler": name,
+    meta = {"workdir": fileio.normalize(workdir), "step": step, "ema": use_ema, "sampler": name,
             "options": {k: repr(v) for k, v in sorted(opts.items())},
             "guidance": float(opts.get("guidance_scale", 0.0)), "seed": seed, "classes": classes,
             "num_per_class": num_per_class, "nfe": nfe, "source": "diffjax.synthesize"}

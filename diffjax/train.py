@@ -35,7 +35,7 @@ from absl import app, flags, logging
 from diffjax import checkpoint as ckpt_lib
 from diffjax import configs
 from diffjax import data as data_lib
-from diffjax import parallel, predictions, viz
+from diffjax import fileio, parallel, predictions, viz
 from diffjax import sampling
 
 Array = jax.Array
@@ -294,14 +294,18 @@ def _default_config() -> ml_collections.ConfigDict:
 
 
 def check_workdir(workdir: str) -> None:
+    """Create ``workdir`` (a local folder or a bucket URL, see :mod:`diffjax.fileio`) and prove it
+    writable before any compute."""
     try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test_{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise ValueError(f"workdir {workdir!r} is not writable: {e}") from None
+        fileio.makedirs(workdir)
+        probe = fileio.join(workdir, f".write_test_{os.getpid()}")
+        fileio.write_atomic(probe, "ok")
+        fileio.remove(probe)
+    except ImportError as e:  # gcsfs (or s3fs) missing for a bucket URL
+        raise ValueError(f"workdir {workdir!r} needs a file system package that is not installed ({e}); "
+                         "for gs:// install diffjax[gcs] (gcsfs)") from None
+    except Exception as e:  # OSError locally; the object store's own errors remotely
+        raise ValueError(f"workdir {workdir!r} is not writable: {type(e).__name__}: {e}") from None
 
 
 # --- the loop ------------------------------------------------------------------------------
@@ -332,14 +336,12 @@ class _Logger:
         from tqdm import tqdm
 
         # A resumed run redoes the steps after its checkpoint: drop what they logged before.
-        self.tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=initial + 1 if initial else None)
-        path = os.path.join(workdir, "metrics.jsonl")
-        if os.path.exists(path):
-            with open(path) as f:
-                kept = [line for line in f if _keep_record(line, initial)]
-            with open(path, "w") as f:
-                f.writelines(kept)
-        self.jsonl = open(path, "a")
+        self.tb = SummaryWriter(fileio.join(workdir, "tb"), purge_step=initial + 1 if initial else None)
+        self.path = fileio.join(workdir, "metrics.jsonl")
+        if fileio.exists(self.path):
+            kept = [line for line in fileio.read_text(self.path).splitlines(keepends=True)
+                    if _keep_record(line, initial)]
+            fileio.write_atomic(self.path, "".join(kept))
         self.bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
 
     def advance(self, n: int) -> None:
@@ -352,15 +354,13 @@ class _Logger:
         for k, v in metrics.items():
             self.tb.add_scalar(k, v, step)
         self.tb.flush()
-        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.jsonl.flush()
+        fileio.append_lines(self.path, [json.dumps({"step": step, **metrics}) + "\n"])
         self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics.get('images_per_sec', 0):.0f}")
 
     def close(self) -> None:
         if self.enabled:
             self.bar.close()
             self.tb.close()
-            self.jsonl.close()
 
 
 def _keep_record(line: str, step: int) -> bool:
@@ -391,7 +391,7 @@ def _write_samples(config: Any, sample_fn: Callable, params: Any, step: int, wor
     key = jax.random.PRNGKey(config.seed + 1)  # the same noise at every step: grids are comparable
     samples, _, _ = sample_fn(params, key)
     samples = np.asarray(samples)
-    path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
+    path = fileio.join(workdir, "samples", f"step_{step:07d}.png")
     if not write:
         return path
     if samples.ndim == 2:
@@ -414,7 +414,7 @@ class Run:
         self.mesh = parallel.make_mesh(config.parallel.fsdp)
         parallel.check_batch_size(t.batch_size, self.mesh, t.grad_accum)
         self.config_dict = json.loads(json.dumps(config.to_dict()))
-        self.checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), t.keep_checkpoints,
+        self.checkpointer = ckpt_lib.Checkpointer(fileio.join(workdir, "checkpoints"), t.keep_checkpoints,
                                                   keep_period=t.keep_period)
         self.is_main = jax.process_index() == 0
         self.loader = data_lib.get_dataset(config, t.batch_size // jax.process_count(),
@@ -473,8 +473,7 @@ class Run:
         _say(f"{config.model.name}: {n_params:,} parameters; {mesh.devices.size} {jax.devices()[0].platform} "
              f"device(s), mesh {dict(mesh.shape)}; global batch {t.batch_size}; workdir {workdir}")
         if self.is_main:
-            with open(os.path.join(workdir, "config.json"), "w") as f:
-                json.dump(self.config_dict, f, indent=2)
+            fileio.write_json(fileio.join(workdir, "config.json"), self.config_dict, indent=2)
         leading = 1 if t.steps_per_call > 1 else 0
         step_fn = parallel.jit_step(make_train_step(config, self.net, self.schedule, self.loss_fn, self.tx),
                                     self.shardings, mesh, leading)

@@ -1,11 +1,14 @@
 """Pictures of samples: image grids, and 2D samples drawn beside the data they model."""
 from __future__ import annotations
 
+import io
 import math
 import os
 
 import numpy as np
 from PIL import Image
+
+from diffjax import fileio
 
 
 def to_uint8(images: np.ndarray, centered: bool = True) -> np.ndarray:
@@ -33,8 +36,9 @@ def save_image_grid(path: str, images: np.ndarray, centered: bool = True, scale:
     picture = Image.fromarray(grid.squeeze(-1) if grid.shape[-1] == 1 else grid)
     if scale > 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    picture.save(path)
+    buffer = io.BytesIO()
+    picture.save(buffer, format=Image.registered_extensions().get(os.path.splitext(path)[1].lower(), "PNG"))
+    fileio.write_atomic(path, buffer.getvalue())
     return path
 
 
@@ -55,6 +59,7 @@ def save_scatter(path: str, samples: np.ndarray, data: np.ndarray | None = None,
         ax.scatter(p[:, 0], p[:, 1], s=1, alpha=0.5)
         ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", title=f"{name} (n={len(p)})")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100, format=os.path.splitext(path)[1][1:] or "png")
+    fileio.write_atomic(path, buffer.getvalue())
     return path

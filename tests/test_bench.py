@@ -70,6 +70,18 @@ def test_quick_peers_build_the_same_networks(quick_all):
         assert by_name[name]["diffjax"]["params"] == by_name[name]["peer"]["params"], name
 
 
+@pytest.mark.slow
+def test_quick_sampler_flops_count_every_step(quick_all):
+    # XLA's cost analysis of a compiled scan counts its body once; the sampler's FLOPs (and so
+    # its GFLOP/s and, on an accelerator, its MFU) are the network's forward pass times the steps.
+    report, _ = quick_all
+    by_name = {r["name"]: r for r in report["results"]}
+    forward, ddim = by_name["forward"], by_name["ddim50"]
+    assert forward["batch"] == ddim["batch"] and ddim["steps"] == 3
+    assert ddim["diffjax"]["flops"] == pytest.approx(forward["diffjax"]["flops"] * ddim["steps"])
+    assert ddim["diffjax_gflop_per_s"] == pytest.approx(ddim["diffjax"]["flops"] / ddim["diffjax"]["wall_s_median"] / 1e9)
+
+
 def test_unknown_benchmark_is_exit_code_2_with_the_known_names():
     proc = bench("trian_step", "--quick")
     assert proc.returncode == 2

@@ -154,9 +154,12 @@ def to_jax(params: Any) -> Any:
 # --- output ----------------------------------------------------------------------------------
 
 def check_new_run(out_dir: Union[str, os.PathLike]) -> str:
-    """``out_dir`` as an absolute path; raises ValueError if it already holds checkpoints."""
-    out_dir = os.path.abspath(os.fspath(out_dir))
-    if os.path.isdir(os.path.join(out_dir, "checkpoints")) and os.listdir(os.path.join(out_dir, "checkpoints")):
+    """``out_dir`` as an absolute path (a ``gs://`` URL unchanged); raises ValueError if it already
+    holds checkpoints."""
+    from diffjax import fileio
+
+    out_dir = fileio.normalize(os.fspath(out_dir))
+    if fileio.listdir(fileio.join(out_dir, "checkpoints")):
         raise ValueError(f"{out_dir} already holds checkpoints; convert into a new directory")
     return out_dir
 
@@ -165,10 +168,10 @@ def write_run(out_dir: Union[str, os.PathLike], config: Any, params: Any, ema_pa
     """A run directory ``diffjax.sample`` / ``diffjax.evaluate`` load: ``checkpoints/0`` holding
     ``state`` = {params, ema_params (default: the same weights), step 0}, an empty data state and
     the config."""
-    from diffjax import checkpoint
+    from diffjax import checkpoint, fileio
 
     out_dir = check_new_run(out_dir)
-    ckpt = checkpoint.Checkpointer(os.path.join(out_dir, "checkpoints"), asynchronous=False)
+    ckpt = checkpoint.Checkpointer(fileio.join(out_dir, "checkpoints"), asynchronous=False)
     params = to_jax(params)
     ema_params = params if ema_params is None else to_jax(ema_params)
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "ema_params": ema_params}

@@ -103,34 +103,30 @@ def save_npz(path: str, images: np.ndarray, labels: np.ndarray, meta: dict | Non
     """Write an image ``.npz`` file atomically (a temporary file in the same directory, then a
     rename: a crash never leaves a half-written ``path``)."""
     images, labels = check_images(images, labels, f"save_npz({path!r})")
-    path = os.path.abspath(os.path.expanduser(path))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
-            np.savez(f, images=images, labels=labels, meta=json.dumps(meta or {}))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from diffjax import fileio
+
+    path = fileio.normalize(path)
+    fileio.save_npz(path, images=images, labels=labels, meta=json.dumps(meta or {}))
     return path
 
 
 def load_npz(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """``(images, labels, meta)`` of an image ``.npz`` file written by :func:`save_npz`; a missing,
     truncated or foreign file is a ``ValueError`` that says which and what was expected."""
-    path = os.path.expanduser(path)
+    from diffjax import fileio
+
+    path = fileio.normalize(path)
     expected = ("an .npz with 'images' (uint8 N,H,W,C), 'labels' (int N,) and 'meta' (JSON), as "
                 "written by python -m diffjax.synthesize or diffjax.data.sources.save_npz")
-    if not os.path.isfile(path):
+    if not fileio.exists(path) or fileio.isdir(path):
         raise ValueError(f"no image .npz file at {path!r}; expected {expected}")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            missing = sorted({"images", "labels"} - set(f.files))
-            if missing:
-                raise ValueError(f"{path!r} has no {missing} (it has {sorted(f.files)}); expected {expected}")
-            images, labels = f["images"], f["labels"]
-            meta = json.loads(str(f["meta"])) if "meta" in f.files else {}
+        f = fileio.load_npz(path)
+        missing = sorted({"images", "labels"} - set(f))
+        if missing:
+            raise ValueError(f"{path!r} has no {missing} (it has {sorted(f)}); expected {expected}")
+        images, labels = f["images"], f["labels"]
+        meta = json.loads(str(f["meta"])) if "meta" in f else {}
     except (OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
         raise ValueError(f"cannot read {path!r} ({type(e).__name__}: {e}); expected {expected}") from None
     except ValueError as e:

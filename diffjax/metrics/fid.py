@@ -24,6 +24,7 @@ device mesh to sufficient statistics, merged across batches on the host in float
 """
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable
@@ -174,18 +175,19 @@ def inception_score_from_sums(sums: dict) -> tuple[float, float]:
 
 
 def save_statistics(path, stats: dict) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(path) + ".tmp.npz")
-    np.savez(tmp, **stats)
-    tmp.replace(path)  # atomic: an interrupted run never leaves a truncated cache
+    from diffjax import fileio
+
+    fileio.save_npz(os.fspath(path), **stats)  # atomic: an interrupted run never leaves a truncated cache
 
 
 def load_statistics(path) -> dict[str, np.ndarray]:
-    with np.load(path) as f:
-        missing = {"mu", "sigma", "n"} - set(f.files)
-        if missing:
-            raise ValueError(f"{path} is not a statistics file (missing {sorted(missing)})")
-        return {k: f[k] for k in f.files}
+    from diffjax import fileio
+
+    stats = fileio.load_npz(os.fspath(path))
+    missing = {"mu", "sigma", "n"} - set(stats)
+    if missing:
+        raise ValueError(f"{path} is not a statistics file (missing {sorted(missing)})")
+    return stats
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
