@@ -1,10 +1,12 @@
 """Files in a run folder that may be local, on a mounted drive, or in a bucket (``gs://``, ``s3://``).
 
 Every file diffjax writes outside a checkpoint (``metrics.jsonl``, ``config.json``, sample grids,
-sample shards, evaluation reports, TensorBoard events) goes through these few functions, built on
-``etils.epath`` (the path library Orbax itself uses, so checkpoints and logs take the same URLs).
-Local paths behave exactly as with ``os``; a ``gs://`` path needs ``gcsfs`` (``pip install
-diffjax[gcs]``; preinstalled on Colab), which ``epath`` calls for it.
+sample shards, evaluation and reproduction reports, FID statistics, synthetic data sets) goes
+through these few functions, built on ``etils.epath`` (the path library Orbax itself uses, so
+checkpoints and logs take the same URLs). Local paths behave exactly as with ``os``. For a
+``gs://`` path epath uses TensorFlow's gfile when TensorFlow is installed (as on Colab) and gcsfs
+otherwise (``pip install "diffjax[gcs]"``; ``EPATH_USE_TF=false`` forces gcsfs). TensorBoard events
+go through tensorboardX, which writes ``gs://`` with ``google-cloud-storage``.
 
 Object stores have no rename and no append, so:
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import sys
 from typing import Any, Iterable
 
@@ -41,12 +44,6 @@ def join(path: str, *names: str) -> str:
     if is_remote(path):
         return "/".join([str(path).rstrip("/"), *names])
     return os.path.join(path, *names)
-
-
-def dirname(path: str) -> str:
-    if is_remote(path):
-        return str(path).rstrip("/").rsplit("/", 1)[0]
-    return os.path.dirname(os.path.abspath(path))
 
 
 def _epath(path: str):
@@ -145,7 +142,7 @@ def write_atomic(path: str, data: bytes | str) -> None:
         _epath(path).write_bytes(data)
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}"  # unique across hosts sharing the folder
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, path)

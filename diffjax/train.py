@@ -296,6 +296,12 @@ def _default_config() -> ml_collections.ConfigDict:
 def check_workdir(workdir: str) -> None:
     """Create ``workdir`` (a local folder or a bucket URL, see :mod:`diffjax.fileio`) and prove it
     writable before any compute."""
+    if workdir.startswith("gs://"):
+        try:
+            import google.cloud.storage  # noqa: F401  (tensorboardX writes gs:// event files with it)
+        except ImportError:
+            raise ValueError(f"workdir {workdir!r}: writing TensorBoard events to gs:// needs "
+                             "google-cloud-storage; pip install 'diffjax[gcs]'") from None
     try:
         fileio.makedirs(workdir)
         probe = fileio.join(workdir, f".write_test_{os.getpid()}")
