@@ -66,6 +66,7 @@ def gcs_env():
            "GOOGLE_CLOUD_PROJECT": "test", "EPATH_USE_TF": "false"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    _forget_backend_choice()  # another test in this process may have made epath choose TensorFlow
     try:
         yield env
     finally:
@@ -74,7 +75,16 @@ def gcs_env():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        _forget_backend_choice()
         server.stop()
+
+
+def _forget_backend_choice() -> None:
+    """epath decides once per process whether TensorFlow's gfile serves gs:// paths (reading
+    EPATH_USE_TF the first time any path is used, local ones included): make it decide again."""
+    from etils.epath import gpath
+
+    gpath._is_tf_installed.cache_clear()
 
 
 def _run(args, cwd, env):
