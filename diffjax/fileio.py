@@ -174,7 +174,8 @@ def save_npz(path: str, **arrays: Any) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def load_npz(path: str) -> dict[str, np.ndarray]:
-    """Every array of an ``.npz`` file, read into memory."""
+def load_npz(path: str, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` (default: all) of an ``.npz`` file, read into memory. A local file is
+    read lazily (only those arrays); an object in a bucket is downloaded whole."""
     with np.load(io.BytesIO(read_bytes(path)) if is_remote(path) else path) as f:
-        return {k: f[k] for k in f.files}
+        return {k: f[k] for k in (f.files if keys is None else keys)}

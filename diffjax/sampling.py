@@ -333,25 +333,14 @@ def draw_batches(sample_fn: Callable, params: Any, mesh: Mesh, *, seed: int, num
 
 # ---------------------------------------------------------------------------- shard files
 
-def _save_atomic(path: str, **arrays: Any) -> None:
-    fileio.save_npz(path, **arrays)
-
-
-def _num_rows(path: str) -> int:
-    if fileio.is_remote(path):
-        return len(fileio.load_npz(path)["labels"])
-    with np.load(path) as f:  # reads the labels only
-        return len(f["labels"])
-
-
 def shard_ranges(out_dir: str) -> list[tuple[int, int, str]]:
     """``(first, stop, path)`` of the shard files in ``out_dir`` visible to this process."""
     ranges = []
     for fname in fileio.listdir(out_dir):
         m = _SHARD.fullmatch(fname)
         if m:
-            path = fileio.join(out_dir, fname)
-            ranges.append((int(m.group(1)), int(m.group(1)) + _num_rows(path), path))
+            path, first = fileio.join(out_dir, fname), int(m.group(1))
+            ranges.append((first, first + len(fileio.load_npz(path, ["labels"])["labels"]), path))
     return ranges
 
 
@@ -416,7 +405,7 @@ def sample_to_dir(config: Any, net: Any, schedule: Any, params: Any, out_dir: st
         for (first, xs), (_, ys) in zip(local_rows(x), local_rows(y)):
             keep = max(min(len(xs), num_samples - start - first), 0)
             if keep:
-                _save_atomic(fileio.join(out_dir, f"shard_{start + first:08d}.npz"), samples=xs[:keep],
+                fileio.save_npz(fileio.join(out_dir, f"shard_{start + first:08d}.npz"), samples=xs[:keep],
                              labels=ys[:keep])
         nfe = int(batch_nfe)
         if bar is not None:
@@ -439,7 +428,7 @@ def load_samples(out_dir: str, num_samples: int) -> tuple[np.ndarray, np.ndarray
                                 "sampling again to finish it, or gather the shards of every host there")
     samples = labels = None
     for first, stop, path in ranges:
-        shard = fileio.load_npz(path)
+        shard = fileio.load_npz(path, ["samples", "labels"])
         x, y = shard["samples"], shard["labels"]
         if samples is None:
             samples = np.empty((num_samples, *x.shape[1:]), x.dtype)

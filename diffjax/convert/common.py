@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from diffjax import fileio
+
 Path = tuple[str, ...]
 StateDict = Mapping[str, Any]
 Source = Union[str, os.PathLike, StateDict]
@@ -156,8 +158,6 @@ def to_jax(params: Any) -> Any:
 def check_new_run(out_dir: Union[str, os.PathLike]) -> str:
     """``out_dir`` as an absolute path (a ``gs://`` URL unchanged); raises ValueError if it already
     holds checkpoints."""
-    from diffjax import fileio
-
     out_dir = fileio.normalize(os.fspath(out_dir))
     if fileio.listdir(fileio.join(out_dir, "checkpoints")):
         raise ValueError(f"{out_dir} already holds checkpoints; convert into a new directory")
@@ -168,7 +168,7 @@ def write_run(out_dir: Union[str, os.PathLike], config: Any, params: Any, ema_pa
     """A run directory ``diffjax.sample`` / ``diffjax.evaluate`` load: ``checkpoints/0`` holding
     ``state`` = {params, ema_params (default: the same weights), step 0}, an empty data state and
     the config."""
-    from diffjax import checkpoint, fileio
+    from diffjax import checkpoint
 
     out_dir = check_new_run(out_dir)
     ckpt = checkpoint.Checkpointer(fileio.join(out_dir, "checkpoints"), asynchronous=False)

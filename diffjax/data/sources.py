@@ -24,6 +24,8 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from diffjax import fileio
+
 Example = tuple[np.ndarray, int]
 
 
@@ -103,8 +105,6 @@ def save_npz(path: str, images: np.ndarray, labels: np.ndarray, meta: dict | Non
     """Write an image ``.npz`` file atomically (a temporary file in the same directory, then a
     rename: a crash never leaves a half-written ``path``)."""
     images, labels = check_images(images, labels, f"save_npz({path!r})")
-    from diffjax import fileio
-
     path = fileio.normalize(path)
     fileio.save_npz(path, images=images, labels=labels, meta=json.dumps(meta or {}))
     return path
@@ -113,8 +113,6 @@ def save_npz(path: str, images: np.ndarray, labels: np.ndarray, meta: dict | Non
 def load_npz(path: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """``(images, labels, meta)`` of an image ``.npz`` file written by :func:`save_npz`; a missing,
     truncated or foreign file is a ``ValueError`` that says which and what was expected."""
-    from diffjax import fileio
-
     path = fileio.normalize(path)
     expected = ("an .npz with 'images' (uint8 N,H,W,C), 'labels' (int N,) and 'meta' (JSON), as "
                 "written by python -m diffjax.synthesize or diffjax.data.sources.save_npz")

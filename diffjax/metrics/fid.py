@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax import fileio
+
 MIN_STABLE_SAMPLES = 2048  # below the feature dimension the sample covariance is singular
 PROTOCOL_SAMPLES = 50_000
 
@@ -175,14 +177,10 @@ def inception_score_from_sums(sums: dict) -> tuple[float, float]:
 
 
 def save_statistics(path, stats: dict) -> None:
-    from diffjax import fileio
-
     fileio.save_npz(os.fspath(path), **stats)  # atomic: an interrupted run never leaves a truncated cache
 
 
 def load_statistics(path) -> dict[str, np.ndarray]:
-    from diffjax import fileio
-
     stats = fileio.load_npz(os.fspath(path))
     missing = {"mu", "sigma", "n"} - set(stats)
     if missing:
