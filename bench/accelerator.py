@@ -3,7 +3,7 @@
 For the train step at batch 128 (``train.make_train_step`` under ``parallel.jit_step``, the batch
 split over every local device) in bfloat16 compute (float32 parameters, optimiser and loss:
 ``training.compute_dtype``) and in float32, and for DDIM-50 sampling of 128 images: step time,
-images/s, the FLOPs XLA's cost analysis counts for the compiled program, achieved TFLOP/s per chip,
+images/s (the bfloat16 step once more with ``training.dropout_rng = "rbg"``), the FLOPs XLA's cost analysis counts for the compiled program, achieved TFLOP/s per chip,
 MFU against the chip's peak (table below) and the device memory peak (``memory_stats()``).
 
 FLOPs are XLA's count for one device's program (the SPMD-partitioned module), so TFLOP/s and MFU
@@ -87,6 +87,11 @@ def measure(quick: bool, repeats: int) -> dict:
         side["run"]()
         rows.append(_row("ddim50", dtype, batch, _timed(side["run"], repeats), side["flops"], device_kind,
                          accelerator) | {"compile_s": side["compile_wall_s"]})
+    # dropout masks from XLA's RngBitGenerator instead of threefry (training.dropout_rng)
+    side = bench_run.diffjax_train_step(shape, batch, "bfloat16", "rbg")
+    side["run"]()
+    rows.append(_row("train_step, rbg dropout", "bfloat16", batch, _timed(side["run"], repeats), side["flops"],
+                     device_kind, accelerator) | {"compile_s": side["compile_wall_s"]})
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "versions": bench_run.versions(), "backend": jax.default_backend(), "device_kind": device_kind,
             "accelerator": accelerator, "note": None if accelerator else NO_ACCELERATOR, "quick": quick,

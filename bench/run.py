@@ -76,8 +76,9 @@ def packaged_config(name: str) -> Any:
     return importlib.import_module("diffjax.configs." + name.replace("/", ".")).get_config()
 
 
-def unet_config(shape: dict, batch: int, compute_dtype: str = "float32") -> Any:
+def unet_config(shape: dict, batch: int, compute_dtype: str = "float32", dropout_rng: str = "threefry") -> Any:
     config = packaged_config("ddpm/cifar10")
+    config.training.dropout_rng = dropout_rng
     for k in ("ch", "ch_mult", "num_res_blocks", "attn_resolutions"):
         config.model[k] = shape[k]
     config.data.image_size = shape["image_size"]
@@ -195,14 +196,14 @@ def _mesh_and_check(batch: int) -> Any:
     return mesh
 
 
-def diffjax_train_step(shape: dict, batch: int, compute_dtype: str = "float32") -> dict:
+def diffjax_train_step(shape: dict, batch: int, compute_dtype: str = "float32", dropout_rng: str = "threefry") -> dict:
     """The trainer's compiled step and a call that runs it on a fixed batch; compile time, FLOPs."""
     import jax
     import numpy as np
 
     from diffjax import parallel, train
 
-    config = unet_config(shape, batch, compute_dtype)
+    config = unet_config(shape, batch, compute_dtype, dropout_rng)
     mesh = _mesh_and_check(batch)
     net, schedule, loss_fn, tx = train.build(config)
     init = lambda: train.init_state(config, net, tx, jax.random.PRNGKey(0))  # noqa: E731
@@ -210,7 +211,7 @@ def diffjax_train_step(shape: dict, batch: int, compute_dtype: str = "float32") 
     state = jax.jit(init, out_shardings=shardings)()
     images = np.random.default_rng(0).uniform(-1, 1, (batch, shape["image_size"], shape["image_size"], 3))
     data = parallel.global_batch({"image": images.astype(np.float32)}, mesh)
-    step = parallel.jit_step(train.make_train_step(config, net, schedule, loss_fn, tx), shardings, mesh)
+    step = parallel.jit_step(train.make_train_step(config, net, schedule, loss_fn, tx, mesh), shardings, mesh)
     cpu0, wall0 = cpu_wall()
     compiled = step.lower(state, data).compile()
     cpu1, wall1 = cpu_wall()

@@ -38,6 +38,10 @@ def get_config() -> ml_collections.ConfigDict:
     training.grad_accum = 1              # micro-batches per step (batch_size must divide evenly)
     training.compute_dtype = "float32"   # or "bfloat16": activations only, params stay float32
     training.cond_drop_prob = 0.0        # classifier-free guidance: P(label -> null label)
+    training.dropout_rng = "threefry"    # dropout masks: "threefry", or "rbg" / "unsafe_rbg" (faster
+                                         # on TPU/GPU; the masks then depend on the device mesh)
+    training.compilation_cache = ""      # directory (or gs://) for XLA's persistent compilation
+                                         # cache: a restarted run loads its compiled step; "": off
 
     config.data = data = ml_collections.ConfigDict()
     data.source = "tfds:cifar10"         # "tfds:<name>[/<config>]", "mnist_offline", "toy:<name>"

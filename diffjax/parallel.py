@@ -86,6 +86,20 @@ def state_sharding(state: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda x: NamedSharding(mesh, _param_spec(x, fsdp)), state)
 
 
+def gather_params(params: Any, mesh: Mesh | None) -> Any:
+    """``params`` whole on every device for the forward and backward pass (ZeRO-3's all-gather).
+
+    With ``fsdp > 1`` the stored parameters are split over the ``fsdp`` axis. Left to itself,
+    XLA's partitioner propagates that split into the layers, where it meets the batch split of the
+    activations and replicates tensors it cannot reshard ("involuntary full rematerialization").
+    Constraining the parameters to be replicated where the network uses them gives the intended
+    pattern: all-gather the split arrays, compute on the local batch, reduce the gradients back
+    to the split layout for the optimiser. Identity when ``mesh`` is None or has ``fsdp == 1``."""
+    if mesh is None or mesh.shape["fsdp"] == 1:
+        return params
+    return jax.lax.with_sharding_constraint(params, NamedSharding(mesh, P()))
+
+
 def global_batch(local: Any, mesh: Mesh, leading: int = 0) -> Any:
     """Assemble the global batch from this host's slice (the host order is the process order)."""
     sharding = batch_sharding(mesh, leading)

@@ -51,7 +51,7 @@ WORKER = textwrap.dedent("""
         shardings = parallel.state_sharding(jax.eval_shape(init), mesh)
         state = jax.jit(init, out_shardings=shardings)()
         leading = 1 if steps_per_call > 1 else 0
-        step = parallel.jit_step(train.make_train_step(config, net, schedule, loss, tx), shardings, mesh, leading)
+        step = parallel.jit_step(train.make_train_step(config, net, schedule, loss, tx, mesh), shardings, mesh, leading)
         rng = np.random.default_rng(0)
         batches = [{"image": rng.normal(size=(64, 2)).astype(np.float32)} for _ in range(steps)]
         if not steps:

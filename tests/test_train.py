@@ -1,10 +1,12 @@
 """The trainer: exact resumption, SIGTERM, logging outputs, optimiser and EMA schedules, and
 clear errors for bad settings before any compute."""
 import json
+import re
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -160,3 +162,23 @@ def test_bfloat16_compute_gives_the_float32_loss_to_bf16_precision(tmp_path):
         train.train(config, str(tmp_path / dtype))
         losses[dtype] = records(tmp_path / dtype)[0]["loss"]
     assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=5e-2)
+
+
+def test_compilation_cache_serves_the_restarted_run(tmp_path):
+    """``training.compilation_cache``: the first run writes its compiled step there, a second
+    process (a restart) loads it instead of compiling (JAX's debug log says which)."""
+    cache = tmp_path / "xla_cache"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DEBUG_LOG_MODULES="jax._src.compiler")
+    logs = []
+    for steps in (2, 4):  # the second run resumes the first: a restart after its checkpoint
+        command = [sys.executable, "-m", "diffjax.train", "--config=toy2d", f"--workdir={tmp_path / 'run'}",
+                   f"--config.training.num_steps={steps}", "--config.training.sample_every=0",
+                   "--config.training.batch_size=16", "--config.model.hidden=32", "--config.model.depth=1",
+                   f"--config.training.compilation_cache={cache}"]
+        proc = subprocess.run(command, cwd=tempfile.gettempdir(), env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        logs.append(proc.stderr)
+    assert any(name.startswith("jit_one_step") for name in os.listdir(cache)), os.listdir(cache)
+    hit = re.compile(r"[Pp]ersistent compilation cache hit for .jit_one_step")
+    assert not hit.search(logs[0]) and hit.search(logs[1]), logs[1][-3000:]
