@@ -297,7 +297,9 @@ def sharded_sampler(config: Any, net: Any, schedule: Any, mesh: Mesh, params: An
     """:func:`make_indexed_sampler` compiled over ``mesh``: indices, samples and labels split over
     the batch axes, params as placed by :func:`place_params`, the NFE replicated."""
     batch = parallel.batch_sharding(mesh)
-    return jax.jit(make_indexed_sampler(config, net, schedule, name, options, prompts, guide),
+    sample = make_indexed_sampler(config, net, schedule, name, options, prompts, guide)
+    # FSDP-split params are gathered once, before the sampler's loop, not inside every step
+    return jax.jit(lambda p, key, indices: sample(parallel.gather_params(p, mesh), key, indices),
                    in_shardings=(parallel.state_sharding(params, mesh), parallel.replicated(mesh), batch),
                    out_shardings=(batch, batch, parallel.replicated(mesh)))
 
@@ -344,7 +346,7 @@ def shard_ranges(out_dir: str) -> list[tuple[int, int, str]]:
     return ranges
 
 
-def _covered(ranges: list[tuple[int, int, str]], first: int, stop: int) -> bool:
+def _covered(ranges: list[tuple[int, int, Any]], first: int, stop: int) -> bool:
     covered = np.zeros(stop - first, bool)
     for a, b, _ in ranges:
         covered[max(a, first) - first:max(min(b, stop) - first, 0)] = True
@@ -422,13 +424,17 @@ def sample_to_dir(config: Any, net: Any, schedule: Any, params: Any, out_dir: st
 def load_samples(out_dir: str, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
     """``(samples, labels)`` of indices ``0 .. num_samples - 1`` from the shard files in
     ``out_dir`` (all processes' shards must be visible here: a shared file system)."""
-    ranges = [r for r in shard_ranges(out_dir) if r[0] < num_samples]
-    if not _covered(ranges, 0, num_samples):
+    shards = []  # each file read once (one download per shard in a bucket)
+    for fname in fileio.listdir(out_dir):
+        m = _SHARD.fullmatch(fname)
+        if m and int(m.group(1)) < num_samples:
+            shard = fileio.load_npz(fileio.join(out_dir, fname), ["samples", "labels"])
+            shards.append((int(m.group(1)), int(m.group(1)) + len(shard["labels"]), shard))
+    if not _covered(shards, 0, num_samples):
         raise FileNotFoundError(f"{out_dir} does not hold all of samples 0..{num_samples - 1}; run the "
                                 "sampling again to finish it, or gather the shards of every host there")
     samples = labels = None
-    for first, stop, path in ranges:
-        shard = fileio.load_npz(path, ["samples", "labels"])
+    for first, stop, shard in shards:
         x, y = shard["samples"], shard["labels"]
         if samples is None:
             samples = np.empty((num_samples, *x.shape[1:]), x.dtype)

@@ -522,7 +522,7 @@ class Run:
         step_fn = parallel.jit_step(make_train_step(config, self.net, self.schedule, self.loss_fn, self.tx, mesh),
                                     self.shardings, mesh, leading)
         draw = sampling.make_sampler(config, self.net, self.schedule)
-        sample_fn = jax.jit(lambda params, key: draw(params, key, t.num_grid_samples),
+        sample_fn = jax.jit(lambda params, key: draw(parallel.gather_params(params, mesh), key, t.num_grid_samples),
                             out_shardings=parallel.replicated(mesh))
 
         stop = _Stop()

@@ -68,12 +68,20 @@ WORKER = textwrap.dedent("""
         images = jax.ShapeDtypeStruct((16, 8, 8, 3), np.float32, sharding=parallel.batch_sharding(mesh))
         split = sum(x.size for x, s in zip(jax.tree.leaves(shapes.params), jax.tree.leaves(shardings.params))
                     if s.spec != parallel.P())
+        # sampling with the same split parameters (DDIM, 3 steps; evaluate/sample/synthesize)
+        from diffjax import sampling
+        del config.sampler["variance"]
+        params = sampling.place_params(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes.params), mesh)
+        draw = sampling.sharded_sampler(config, net, schedule, mesh, params, "ddim", {"steps": 3})
+        sampler_ops = collectives(draw.lower(params, jax.random.PRNGKey(0),
+                                             sampling.batch_indices(0, 16, mesh)).compile().as_text())
         return collectives(step.lower(shapes, {"image": images}).compile().as_text()), \
-            sum(x.size for x in jax.tree.leaves(shapes.params)), split
+            sum(x.size for x in jax.tree.leaves(shapes.params)), split, sampler_ops
 
     devices = jax.devices()
     out = {}
-    out["unet_fsdp"], out["unet_params"], out["unet_split_params"] = unet_fsdp(parallel.make_mesh(2, devices))
+    out["unet_fsdp"], out["unet_params"], out["unet_split_params"], out["unet_fsdp_sampler"] = \
+        unet_fsdp(parallel.make_mesh(2, devices))
     for name, mesh in (("data", parallel.make_mesh(1, devices)), ("fsdp", parallel.make_mesh(2, devices))):
         state, step, batch = setup(mesh)
         out[name] = collectives(step.lower(state, batch).compile().as_text())
@@ -141,6 +149,12 @@ def test_fsdp_unet_step_gathers_once_and_reduces_once(result):
     assert split > 0.8 * params, (split, params)
     assert split <= ops["all-gather"] < 1.1 * split, ops
     assert params <= ops["all-reduce"] + ops["reduce-scatter"] < 1.1 * params, ops
+    assert ops["all-to-all"] == 0 and ops["collective-permute"] == 0, ops
+
+
+def test_fsdp_sampler_gathers_the_parameters_once_before_its_loop(result):
+    ops, split = result["unet_fsdp_sampler"], result["unet_split_params"]
+    assert split <= ops["all-gather"] < 1.1 * split, ops   # not again inside the steps
     assert ops["all-to-all"] == 0 and ops["collective-permute"] == 0, ops
 
 

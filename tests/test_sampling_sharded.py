@@ -120,3 +120,22 @@ def test_two_processes_write_shards_whose_union_is_the_one_process_samples(one_d
 
 if __name__ == "__main__":
     worker(sys.argv[1], *map(int, sys.argv[2:]))
+
+
+def test_load_samples_reads_each_shard_once_and_refuses_gaps(tmp_path, monkeypatch):
+    from diffjax import fileio, sampling
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(10, 2, 2, 1)).astype(np.float32), np.arange(10) % 3
+    for first, stop in ((0, 4), (4, 8), (8, 10)):  # the last shard holds rows past the 9 asked for
+        np.savez(tmp_path / f"shard_{first:08d}.npz", samples=x[first:stop], labels=y[first:stop])
+    reads = []
+    real = fileio.load_npz
+    monkeypatch.setattr(fileio, "load_npz", lambda path, keys=None: reads.append(path) or real(path, keys))
+    samples, labels = sampling.load_samples(str(tmp_path), 9)
+    np.testing.assert_array_equal(samples, x[:9])
+    np.testing.assert_array_equal(labels, y[:9])
+    assert sorted(reads) == sorted(set(reads)) and len(reads) == 3, reads
+    os.remove(tmp_path / "shard_00000004.npz")
+    with pytest.raises(FileNotFoundError, match="does not hold all of samples 0..8"):
+        sampling.load_samples(str(tmp_path), 9)
