@@ -2,9 +2,10 @@
 
 For the train step at batch 128 (``train.make_train_step`` under ``parallel.jit_step``, the batch
 split over every local device) in bfloat16 compute (float32 parameters, optimiser and loss:
-``training.compute_dtype``) and in float32, and for DDIM-50 sampling of 128 images: step time,
-images/s (the bfloat16 step once more with ``training.dropout_rng = "rbg"``), the FLOPs XLA's cost analysis counts for the compiled program, achieved TFLOP/s per chip,
-MFU against the chip's peak (table below) and the device memory peak (``memory_stats()``).
+``training.compute_dtype``) and in float32 (the bfloat16 step once more with
+``training.dropout_rng = "rbg"``), and for DDIM-50 sampling of 128 images: step time, images/s,
+the FLOPs XLA's cost analysis counts for the compiled program, achieved TFLOP/s per chip, MFU
+against the chip's peak (table below) and the device memory peak (``memory_stats()``).
 
 FLOPs are XLA's count for one device's program (the SPMD-partitioned module), so TFLOP/s and MFU
 are per chip. The float32 peaks are the TF32 tensor-core peaks on NVIDIA GPUs (XLA's default

@@ -439,7 +439,7 @@ def enable_compilation_cache(path: str) -> None:
     A run restarted after a preemption then loads its train and sampling steps instead of
     compiling them again (the DDPM CIFAR-10 step on one CPU core, lowering included: 31-37 s
     cold, writing the cache; 11 s from it). ``""``: leave JAX's setting."""
-    if path:
+    if path:  # takes effect in a process that has compiled before too (a notebook)
         jax.config.update("jax_compilation_cache_dir", path)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
