@@ -244,7 +244,8 @@ def config_from_dict(saved: dict) -> ml_collections.ConfigDict:
 
 def load_run(workdir: str, step: int | None = None, use_ema: bool = True) -> tuple[Any, Any, int]:
     """(config, params, step) of the latest (or given) checkpoint in ``workdir/checkpoints``;
-    params are host arrays, whatever topology wrote them (place them with :func:`place_params`)."""
+    params are host arrays, whatever topology wrote them (place them with :func:`place_params`).
+    Turns on the run's ``training.compilation_cache`` if it set one."""
     from diffjax import checkpoint
 
     ckpt = checkpoint.Checkpointer(fileio.join(workdir, "checkpoints"), asynchronous=False)
@@ -253,6 +254,7 @@ def load_run(workdir: str, step: int | None = None, use_ema: bool = True) -> tup
         raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints; train first with "
                                 f"python -m diffjax.train --workdir={workdir}")
     config = config_from_dict(ckpt.saved_config(step))
+    parallel.enable_compilation_cache(config.get("training", {}).get("compilation_cache", ""))
     params = ckpt.restore_params(step)["ema_params" if use_ema else "params"]
     ckpt.close()
     return config, jax.device_get(params), step

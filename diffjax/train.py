@@ -433,23 +433,12 @@ def _write_samples(config: Any, sample_fn: Callable, params: Any, step: int, wor
                                scale=max(1, 128 // config.data.image_size))
 
 
-def enable_compilation_cache(path: str) -> None:
-    """Keep compiled programs in ``path`` (a local folder or a ``gs://`` URL) across processes:
-    JAX's persistent compilation cache, for every program that took over a second to compile.
-    A run restarted after a preemption then loads its train and sampling steps instead of
-    compiling them again (the DDPM CIFAR-10 step on one CPU core, lowering included: 31-37 s
-    cold, writing the cache; 11 s from it). ``""``: leave JAX's setting."""
-    if path:  # takes effect in a process that has compiled before too (a notebook)
-        jax.config.update("jax_compilation_cache_dir", path)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
 class Run:
     """Everything a training run needs, built and checked before any training compute."""
 
     def __init__(self, config: Any, workdir: str):
         validate(config)
-        enable_compilation_cache(config.training.get("compilation_cache", ""))
+        parallel.enable_compilation_cache(config.training.get("compilation_cache", ""))
         parallel.initialize(config.parallel.distributed,
                             **{k: config.parallel.get(k) for k in parallel.PROCESS_FIELDS})
         check_workdir(workdir)

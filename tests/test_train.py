@@ -168,7 +168,9 @@ def test_compilation_cache_serves_the_restarted_run(tmp_path):
     """``training.compilation_cache``: the first run writes its compiled step there, a second
     process (a restart) loads it instead of compiling (JAX's debug log says which)."""
     cache = tmp_path / "xla_cache"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DEBUG_LOG_MODULES="jax._src.compiler")
+    # every program cached, however fast it compiled (JAX's default floor is 1 s)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DEBUG_LOG_MODULES="jax._src.compiler",
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     logs = []
     for steps in (2, 4):  # the second run resumes the first: a restart after its checkpoint
         command = [sys.executable, "-m", "diffjax.train", "--config=toy2d", f"--workdir={tmp_path / 'run'}",
@@ -182,3 +184,17 @@ def test_compilation_cache_serves_the_restarted_run(tmp_path):
     assert any(name.startswith("jit_one_step") for name in os.listdir(cache)), os.listdir(cache)
     hit = re.compile(r"[Pp]ersistent compilation cache hit for .jit_one_step")
     assert not hit.search(logs[0]) and hit.search(logs[1]), logs[1][-3000:]
+    # diffjax.sample of the run takes the setting from its saved config: the second call (another
+    # seed and folder, the same compiled sampler) loads what the first wrote
+    entries = [set(os.listdir(cache))]
+    for seed in (0, 1):
+        proc = subprocess.run([sys.executable, "-m", "diffjax.sample", f"--workdir={tmp_path / 'run'}",
+                               "--num_samples=8", "--batch_size=8", f"--seed={seed}", f"--name=s{seed}",
+                               "--sampler=ddim", "--opt=steps=3"], cwd=tempfile.gettempdir(), env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        entries.append(set(os.listdir(cache)))
+        logs.append(proc.stderr)
+    assert entries[1] > entries[0], entries        # the first call wrote its sampler
+    assert entries[2] == entries[1], entries        # the second wrote nothing new ...
+    assert "compilation cache hit" in logs[3], logs[3][-3000:]   # ... it loaded it
