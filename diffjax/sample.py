@@ -108,7 +108,7 @@ def run(workdir: str, num_samples: int, seed: int, sampler: str | None, options:
         paths["png"] = viz.save_scatter(stem + ".png", samples)
     else:
         fileio.save_npz(paths["npz"], samples=samples, images=viz.to_uint8(samples, config.data.centered),
-                 labels=labels, nfe=info["nfe"], **({"prompts": np.asarray(prompts)} if prompts else {}))
+                        labels=labels, nfe=info["nfe"], **({"prompts": np.asarray(prompts)} if prompts else {}))
         paths["png"] = viz.save_image_grid(stem + ".png", samples[:64], centered=config.data.centered)
     return paths
 

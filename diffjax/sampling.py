@@ -337,15 +337,17 @@ def draw_batches(sample_fn: Callable, params: Any, mesh: Mesh, *, seed: int, num
 
 # ---------------------------------------------------------------------------- shard files
 
+def _shard_files(out_dir: str) -> list[tuple[int, str]]:
+    """``(first index, path)`` of the shard files in ``out_dir`` visible to this process (their
+    names give only the first index; the length is in the file)."""
+    return [(int(m.group(1)), fileio.join(out_dir, fname)) for fname in fileio.listdir(out_dir)
+            if (m := _SHARD.fullmatch(fname))]
+
+
 def shard_ranges(out_dir: str) -> list[tuple[int, int, str]]:
     """``(first, stop, path)`` of the shard files in ``out_dir`` visible to this process."""
-    ranges = []
-    for fname in fileio.listdir(out_dir):
-        m = _SHARD.fullmatch(fname)
-        if m:
-            path, first = fileio.join(out_dir, fname), int(m.group(1))
-            ranges.append((first, first + len(fileio.load_npz(path, ["labels"])["labels"]), path))
-    return ranges
+    return [(first, first + len(fileio.load_npz(path, ["labels"])["labels"]), path)
+            for first, path in _shard_files(out_dir)]
 
 
 def _covered(ranges: list[tuple[int, int, Any]], first: int, stop: int) -> bool:
@@ -410,7 +412,7 @@ def sample_to_dir(config: Any, net: Any, schedule: Any, params: Any, out_dir: st
             keep = max(min(len(xs), num_samples - start - first), 0)
             if keep:
                 fileio.save_npz(fileio.join(out_dir, f"shard_{start + first:08d}.npz"), samples=xs[:keep],
-                             labels=ys[:keep])
+                                labels=ys[:keep])
         nfe = int(batch_nfe)
         if bar is not None:
             bar.update(min(gb, num_samples - start))
@@ -427,11 +429,10 @@ def load_samples(out_dir: str, num_samples: int) -> tuple[np.ndarray, np.ndarray
     """``(samples, labels)`` of indices ``0 .. num_samples - 1`` from the shard files in
     ``out_dir`` (all processes' shards must be visible here: a shared file system)."""
     shards = []  # each file read once (one download per shard in a bucket)
-    for fname in fileio.listdir(out_dir):
-        m = _SHARD.fullmatch(fname)
-        if m and int(m.group(1)) < num_samples:
-            shard = fileio.load_npz(fileio.join(out_dir, fname), ["samples", "labels"])
-            shards.append((int(m.group(1)), int(m.group(1)) + len(shard["labels"]), shard))
+    for first, path in _shard_files(out_dir):
+        if first < num_samples:
+            shard = fileio.load_npz(path, ["samples", "labels"])
+            shards.append((first, first + len(shard["labels"]), shard))
     if not _covered(shards, 0, num_samples):
         raise FileNotFoundError(f"{out_dir} does not hold all of samples 0..{num_samples - 1}; run the "
                                 "sampling again to finish it, or gather the shards of every host there")
